@@ -1,0 +1,45 @@
+# Two commands matter: `make dev` and `make test`. Both install what is missing first
+# (Debian packages as root, then a .venv), so they work on a fresh Debian 12 machine.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_BIN := /usr/lib/postgresql/15/bin
+PG_LIB := /usr/lib/postgresql/15/lib
+APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv
+
+.PHONY: test lint typecheck pytest system-deps venv clean
+
+test: system-deps venv lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: system-deps venv
+	$(BIN)/pytest -q
+
+# Installs the Debian packages only when one of their files is missing.
+system-deps:
+	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] \
+	    || [ ! -f $(PG_LIB)/plpython3.so ] || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	    echo "Installing $(APT_PACKAGES)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.pg import Server, fresh_database, prepare_template, start_server
+from worker.migrate import migrate
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    yield from start_server()
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server: Server) -> str:
+    return prepare_template(pg_server)
+
+
+@pytest.fixture
+def database_url(pg_server: Server, template_database: str) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    yield from fresh_database(pg_server, template_database)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def cron_database_url(pg_server: Server) -> str:
+    """The database pg_cron runs in (migrated; shared, so tests clean up after themselves)."""
+    url = pg_server.url(pg_server.cron_database)
+    migrate(url)
+    with psycopg.connect(url) as check:
+        if check.execute("select to_regnamespace('cron') is null").fetchone() != (False,):
+            pytest.skip("pg_cron is not available in this server's cron database")
+    return url
+
+
+def make_user(conn: psycopg.Connection[Any], email: str | None = None) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    conn.execute(
+        "insert into auth.users (id, email) values (%s, %s)",
+        (user_id, email or f"{user_id.hex[:8]}@example.test"),
+    )
+    return user_id
+
+
+@pytest.fixture
+def user_id(conn: psycopg.Connection[Any]) -> uuid.UUID:
+    return make_user(conn)

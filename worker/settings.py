@@ -1,0 +1,64 @@
+"""All configuration, read once from the environment at the edge and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every setting, its environment variable (the upper-case name) and default."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Database: direct PostgreSQL (DATABASE_URL), or PostgREST RPC through Supabase.
+    database_url: str | None = None
+    database_gateway: Literal["auto", "postgres", "postgrest"] = "auto"
+    database_pool_size: int = Field(default=10, ge=1)
+
+    # Supabase project (PostgREST, Storage, Auth).
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    supabase_anon_key: SecretStr | None = None
+    supabase_jwt_secret: SecretStr | None = None
+
+    # Replicate.
+    replicate_api_token: SecretStr | None = None
+    replicate_base_url: str = "https://api.replicate.com/v1"
+    replicate_wait_seconds: int = Field(default=60, ge=1, le=60)
+    prediction_timeout_seconds: int = Field(default=600, ge=5)
+
+    # The worker.
+    worker_secret: SecretStr | None = None
+    worker_id: str = Field(default_factory=_default_worker_id)
+    max_parallel_jobs: int = Field(default=3, ge=1, le=5000)
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    lease_seconds: int = Field(default=120, ge=10)
+    job_timeout_seconds: float = Field(default=900.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+    # Storage and downloads.
+    storage_bucket: str = "generated-images"
+    max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_source_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    http_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # The HTTP service.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def gateway(self) -> Literal["postgres", "postgrest"]:
+        if self.database_gateway != "auto":
+            return self.database_gateway
+        return "postgres" if self.database_url else "postgrest"
