@@ -1,0 +1,52 @@
+"""The one door to the database: call a SQL function by name, with named arguments.
+
+Two implementations call the same functions: `PostgresGateway` (psycopg 3, async pool,
+LISTEN for instant pickup; the default) and `PostgrestGateway` (supabase-py
+`client.rpc`, for deployments that only have SUPABASE_URL and the service role key).
+Everything above this (worker.database) is the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+
+class DatabaseError(Exception):
+    """A SQL function refused or failed. `sqlstate` and `column` come from the server."""
+
+    def __init__(self, message: str, sqlstate: str | None = None, column: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.column = column
+
+    @property
+    def is_invalid_input(self) -> bool:
+        # 22xxx data exceptions, 23xxx integrity violations: the input, not the system.
+        return self.sqlstate is not None and self.sqlstate[:2] in ("22", "23")
+
+
+class GatewayUnavailable(Exception):
+    """The database could not be reached; the caller may retry later."""
+
+
+class Gateway(Protocol):
+    async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run `public.<function>(name => value, ...)`; return its rows as dicts.
+
+        A function returning a scalar yields one row `{function: value}`; a set-returning
+        function yields one dict per row (possibly none).
+        """
+        ...
+
+    async def listen(self, channel: str, wake: Callable[[], None]) -> None:
+        """Call `wake()` on each NOTIFY on `channel` until cancelled, reconnecting as
+        needed. Gateways that cannot listen return at once (the runner then polls)."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the database answers now."""
+        ...
+
+    async def close(self) -> None: ...
