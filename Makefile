@@ -43,3 +43,8 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: dev
+# The embedded default: PostgreSQL + pg_cron under .local/, the service on 127.0.0.1:8000.
+dev: system-deps venv
+	$(BIN)/imagegen dev

@@ -47,14 +47,15 @@ class LocalPostgres:
     def url(self, database: str | None = None) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.cron_database}"
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str, check: bool = True) -> int:
         command = [str(BIN_DIR / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}\n{log}")
+        return result.returncode
 
     def _own(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,9 @@ class LocalPostgres:
             "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60", "start"
         )
         self.create_database(self.cron_database, exist_ok=True)
+
+    def is_running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False) == 0
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data_dir / "postmaster.pid").exists():

@@ -45,7 +45,8 @@ begin
     if p_user_id is null or not exists (select from auth.users where id = p_user_id) then
         perform _invalid('user_id', 'Unknown user');
     end if;
-    if p_prompt is null or length(btrim(p_prompt)) = 0 then
+    -- Any whitespace, not only spaces (btrim's default), makes an empty prompt.
+    if p_prompt is null or p_prompt !~ '\S' then
         perform _invalid('prompt', 'prompt is required');
     end if;
     if length(p_prompt) > 4000 then

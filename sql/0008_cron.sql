@@ -44,7 +44,8 @@ as $$
 declare
     v_id uuid;
 begin
-    if to_regprocedure('vault.create_secret(text, text, text)') is not null then
+    -- By name: Vault's create_secret has four arguments (a key id) in current releases.
+    if to_regproc('vault.create_secret') is not null then
         execute 'select id from vault.secrets where name = $1' into v_id using 'imagegen_' || p_key;
         if v_id is null then
             execute 'select vault.create_secret($1, $2)' using p_value, 'imagegen_' || p_key;
@@ -136,7 +137,7 @@ declare
         case when imagegen.cron_version_at_least(1, 5) then '10 seconds' else '* * * * *' end);
     v_job_id bigint;
 begin
-    if p_url !~* '^https?://' then
+    if p_url is null or p_url !~* '^https?://' then
         raise exception using errcode = 'invalid_parameter_value',
                               message = 'worker URL must be an http(s) URL';
     end if;

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The repository's sql/ (an installed image points IMAGEGEN_MIGRATIONS_DIR at its copy).
+MIGRATIONS_DIR = Path(
+    os.environ.get("IMAGEGEN_MIGRATIONS_DIR", Path(__file__).resolve().parent.parent / "sql")
+)
 
 # One migrator at a time per database; the number is arbitrary but fixed.
 _LOCK_KEY = 4_242_001

@@ -1,0 +1,430 @@
+"""The HTTP service: the old Edge Functions under /functions/v1/, health and metrics.
+
+Handlers validate, call one SQL function (through worker.database) or the shared
+generation code, and answer in the old shapes. Errors are always {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
+from worker.gateway import DatabaseError, GatewayUnavailable
+from worker.generation import run_prediction, store_output
+from worker.models import GenerationParams
+from worker.service import Worker, open_worker
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "authorization, x-client-info, apikey, content-type",
+}
+MAX_BODY_BYTES = 64 * 1024
+FUNCTIONS = "/functions/v1"
+
+HTTP_LATENCY = Histogram(
+    "imagegen_http_request_duration_seconds",
+    "HTTP request latency by route, method and status.",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 120),
+)
+QUEUE_DEPTH = Gauge(
+    "imagegen_queue_depth", "Active jobs by type and status.", ["job_type", "status"]
+)
+
+
+class ClientError(Exception):
+    """Answered as {"error": message} with `status`; never logged as a fault."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class GenerationBody(BaseModel):
+    """The generation parameters every endpoint accepts (CONTRACT §1)."""
+
+    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+
+    prompt: str
+    model_id: str
+    model_version: str | None = None
+    width: int | None = None
+    height: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    source_image_url: str | None = None
+    strength: float | None = None
+    style: str | None = None
+
+    def params(self) -> GenerationParams:
+        return GenerationParams.from_payload(self.model_dump())
+
+
+class LegacyBody(GenerationBody):
+    generation_id: uuid.UUID | None = None
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[Body]) -> Body:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ClientError(413, "Request body too large")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise ClientError(413, "Request body too large")
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientError(400, "Request body must be JSON") from exc
+    if not isinstance(data, dict):
+        raise ClientError(400, "Request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ClientError(400, f"{field}: {first['msg']}") from exc
+
+
+@dataclass
+class Service:
+    settings: Settings
+    worker: Worker
+    verifier: TokenVerifier
+    runs_jobs: bool
+
+    async def user(self, request: Request) -> AuthenticatedUser:
+        try:
+            return await self.verifier.verify(request.headers.get("authorization"))
+        except AuthError as exc:
+            raise ClientError(401, str(exc)) from exc
+
+    def require_worker_secret(self, request: Request) -> None:
+        secret = self.settings.worker_secret
+        if not verify_worker_secret(
+            request.headers.get("authorization"), secret.get_secret_value() if secret else None
+        ):
+            raise ClientError(401, "Missing or invalid worker secret")
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _database_failure(exc: DatabaseError | GatewayUnavailable) -> ClientError:
+    if isinstance(exc, DatabaseError) and exc.is_invalid_input:
+        return ClientError(400, exc.message)
+    log.error("database call failed", error=str(exc))
+    return ClientError(503, "The service is temporarily unavailable, please retry")
+
+
+def _failure_message(exc: Exception) -> str:
+    """What the synchronous endpoints answer (with 400, as the old ones did)."""
+    if isinstance(exc, DatabaseError | GatewayUnavailable):
+        return _database_failure(exc).message
+    if not hasattr(exc, "retryable"):
+        log.exception("generation failed unexpectedly", error_type=type(exc).__name__)
+        return "Image generation failed"
+    # Errors of Replicate, the source image or storage carry a readable message.
+    return str(exc) or type(exc).__name__
+
+
+# Endpoints.
+
+
+async def start_generation(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    body = await parse_body(request, GenerationBody)
+    try:
+        generation_id, job_id = await service.worker.db.start_generation(
+            user.user_id,
+            prompt=body.prompt,
+            model_id=body.model_id,
+            model_version=body.model_version,
+            width=body.width,
+            height=body.height,
+            num_inference_steps=body.num_inference_steps,
+            guidance_scale=body.guidance_scale,
+            seed=body.seed,
+            negative_prompt=body.negative_prompt,
+            source_image_url=body.source_image_url,
+            strength=body.strength,
+            style=body.style,
+        )
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    return JSONResponse(
+        {
+            "success": True,
+            "generation_id": str(generation_id),
+            "job_id": str(job_id),
+            "status": "queued",
+            "message": "Image generation started. You will be notified when complete.",
+        }
+    )
+
+
+async def process_jobs(request: Request) -> Response:
+    service = _service(request)
+    service.require_worker_secret(request)
+    wait = request.query_params.get("wait", "").lower() in ("1", "true", "yes")
+    try:
+        if service.runs_jobs and not service.worker.runner.stopping:
+            processed, errors = await service.worker.runner.run_once(wait=wait)
+        else:
+            # API-only process: wake whichever workers listen.
+            await service.worker.db.nudge_workers()
+            processed, errors = 0, 0
+    except (DatabaseError, GatewayUnavailable) as exc:
+        return JSONResponse({"success": False, "error": str(exc)}, status_code=500)
+    return JSONResponse(
+        {
+            "success": True,
+            "processed": processed,
+            "errors": errors,
+            "message": f"Processed {processed} job(s) with {errors} error(s)",
+        }
+    )
+
+
+async def process_generation(request: Request) -> Response:
+    service = _service(request)
+    service.require_worker_secret(request)
+    body = await parse_body(request, GenerationBody)
+    params = body.params()
+    try:
+        result = await run_prediction(params, service.worker.replicate, service.settings)
+    except Exception as exc:
+        message = _failure_message(exc)
+        return JSONResponse({"success": False, "error": message}, status_code=400)
+    return JSONResponse(
+        {
+            "success": True,
+            "output_url": result.output_url,
+            "format": result.format,
+            "width": result.width,
+            "height": result.height,
+            "generation_time_seconds": result.seconds,
+        }
+    )
+
+
+async def generate_image(request: Request) -> Response:
+    """The legacy synchronous path: waits for the whole generation and stores the file."""
+    service = _service(request)
+    user = await service.user(request)
+    body = await parse_body(request, LegacyBody)
+    worker, settings = service.worker, service.settings
+    started = time.monotonic()
+    name = body.generation_id or uuid.uuid4()
+    try:
+        result = await run_prediction(body.params(), worker.replicate, settings)
+        stored = await store_output(
+            result.output_url,
+            f"{user.user_id}/{name}.{result.format}",
+            worker.replicate,
+            worker.storage,
+            settings,
+        )
+        image = None
+        if body.generation_id:
+            image = await worker.db.finish_generation(
+                body.generation_id,
+                storage_path=stored.storage_path,
+                public_url=stored.public_url,
+                file_size=stored.file_size,
+                width=stored.info.width,
+                height=stored.info.height,
+                format=stored.info.format,
+                user_id=user.user_id,
+            )
+    except Exception as exc:
+        message = _failure_message(exc)
+        log.warning("legacy generation failed", error=message)
+        return JSONResponse({"error": message}, status_code=400)
+    seconds = round(time.monotonic() - started, 3)
+    if image is not None:
+        return JSONResponse({"success": True, "image": _json(image), "generation_time": seconds})
+    return JSONResponse(
+        {
+            "success": True,
+            "url": stored.public_url,
+            "format": stored.info.format,
+            "generation_time": seconds,
+        }
+    )
+
+
+async def get_generation(request: Request) -> Response:
+    """A generation and its image, for its owner (what the CLI polls)."""
+    service = _service(request)
+    user = await service.user(request)
+    try:
+        generation_id = uuid.UUID(request.query_params.get("id", ""))
+    except ValueError as exc:
+        raise ClientError(400, "id: must be a generation id (UUID)") from exc
+    try:
+        generation = await service.worker.db.get_generation(generation_id, user.user_id)
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    if generation is None:
+        raise ClientError(404, "Generation not found")
+    return JSONResponse(generation)
+
+
+async def health(request: Request) -> Response:
+    service = _service(request)
+    database = await service.worker.db.gateway.ping()
+    runner = service.worker.runner
+    state = "disabled" if not service.runs_jobs else ("running" if runner.alive else "stopped")
+    healthy = database and state != "stopped"
+    return JSONResponse(
+        {"status": "ok" if healthy else "unhealthy", "database": database, "runner": state},
+        status_code=200 if healthy else 503,
+    )
+
+
+async def metrics(request: Request) -> Response:
+    service = _service(request)
+    with contextlib.suppress(DatabaseError, GatewayUnavailable):
+        rows = await service.worker.db.queue_depth()
+        QUEUE_DEPTH.clear()
+        for row in rows:
+            QUEUE_DEPTH.labels(row["job_type"], row["status"]).set(row["count"])
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _json(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(row, default=str))
+
+
+# The application.
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    run_jobs: bool = True,
+    storage_root: Path | None = None,
+    simulator: Any = None,
+) -> FastAPI:
+    """`run_jobs`: also run the job runner in this process (`imagegen serve`).
+    `storage_root`: serve a local Supabase-Storage-compatible store at /storage/v1.
+    `simulator`: an ASGI Replicate simulator to serve at /replicate."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_worker(settings) as worker:
+            verifier = TokenVerifier(
+                supabase_url=settings.supabase_url,
+                jwt_secret=(
+                    settings.supabase_jwt_secret.get_secret_value()
+                    if settings.supabase_jwt_secret
+                    else None
+                ),
+            )
+            app.state.service = Service(settings, worker, verifier, run_jobs)
+            runner_task = asyncio.create_task(worker.runner.run()) if run_jobs else None
+            try:
+                yield
+            finally:
+                if runner_task is not None:
+                    worker.runner.stop()
+                    await runner_task
+                await verifier.aclose()
+
+    app = FastAPI(
+        title="imagegen",
+        version="0.1.0",
+        description="Image generation on PostgreSQL: the Picture Edge Functions, compatible.",
+        lifespan=lifespan,
+    )
+    routes: list[tuple[str, Endpoint, list[str]]] = [
+        ("start-generation", start_generation, ["POST"]),
+        ("process-jobs", process_jobs, ["POST", "GET"]),
+        ("process-generation", process_generation, ["POST"]),
+        ("generate-image", generate_image, ["POST"]),
+        ("get-generation", get_generation, ["GET"]),
+    ]
+    for name, endpoint, methods in routes:
+        app.add_api_route(f"{FUNCTIONS}/{name}", endpoint, methods=methods, name=name)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+
+    if storage_root is not None:
+        from api.storage_server import create_storage_app
+
+        key = settings.supabase_service_role_key
+        app.mount(
+            "/storage/v1",
+            create_storage_app(storage_root, key.get_secret_value() if key else ""),
+        )
+    if simulator is not None:
+        app.mount("/replicate", simulator)
+
+    @app.middleware("http")
+    async def edge(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        path = request.url.path
+        if request.method == "OPTIONS" and path.startswith(FUNCTIONS):
+            response: Response = PlainTextResponse("ok", headers=CORS_HEADERS)
+        else:
+            response = await call_next(request)
+            if path.startswith(FUNCTIONS):
+                response.headers.update(CORS_HEADERS)
+        route = request.scope.get("route")
+        HTTP_LATENCY.labels(
+            getattr(route, "path", "other"), request.method, str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ClientError)
+    async def client_error(_request: Request, exc: ClientError) -> Response:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        messages = {404: "Not found", 405: "Method not allowed"}
+        return JSONResponse(
+            {"error": messages.get(exc.status_code, str(exc.detail))},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", error_type=type(exc).__name__)
+        return JSONResponse({"error": "Internal server error"}, status_code=500)
+
+    return app

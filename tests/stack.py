@@ -1,0 +1,77 @@
+"""A local stand-in for what the service talks to: the Replicate simulator, Supabase
+Storage (the local file store) and PostgREST (the RPC stand-in), on one loopback server
+with Supabase's URL layout, so real clients can be pointed at it."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from api.background_server import BackgroundServer
+from api.storage_server import create_storage_app
+from tests.postgrest_standin import create_postgrest_app
+from worker.settings import Settings
+from worker.simulator import SimulatorConfig, create_simulator_app
+
+
+@dataclass
+class Stack:
+    url: str
+    service_role_key: str
+    storage_root: Path
+    database_url: str
+
+    @property
+    def simulator_url(self) -> str:
+        return f"{self.url}/replicate"
+
+    def settings(self, gateway: str = "postgres", **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": self.database_url,
+            "database_gateway": gateway,
+            "supabase_url": self.url,
+            "supabase_service_role_key": self.service_role_key,
+            "replicate_base_url": f"{self.simulator_url}/v1",
+            "replicate_api_token": "r8_test_token_for_the_simulator",
+            "worker_secret": "worker-secret-for-tests-0123456789",
+            "max_parallel_jobs": 10,
+            "poll_interval_seconds": 0.5,
+            "lease_seconds": 30,
+            "replicate_wait_seconds": 1,
+        }
+        return Settings(**(values | overrides))
+
+    def simulator(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, f"{self.simulator_url}/_simulator/{path}", timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def configure_simulator(self, **knobs: Any) -> None:
+        self.simulator("POST", "config", json=knobs)
+
+    def predictions_created(self) -> int:
+        return int(self.simulator("GET", "stats")["predictions_created"])
+
+
+@contextlib.contextmanager
+def run_stack(
+    database_url: str, storage_root: Path, simulator: SimulatorConfig | None = None
+) -> Iterator[Stack]:
+    key = secrets.token_urlsafe(24)
+    app = Starlette(
+        routes=[
+            Mount("/replicate", create_simulator_app(simulator or SimulatorConfig(latency_seconds=0.05))),
+            Mount("/storage/v1", create_storage_app(storage_root, key)),
+            Mount("/rest/v1", create_postgrest_app(database_url)),
+        ]
+    )
+    with BackgroundServer(app) as server:
+        yield Stack(server.url, key, storage_root, database_url)

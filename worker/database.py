@@ -1,0 +1,244 @@
+"""What the worker and the API ask of the database, one method per SQL function.
+
+Every method is one call through the gateway, so it behaves the same over direct
+PostgreSQL and over PostgREST.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from worker.gateway import Gateway
+
+
+@dataclass(frozen=True)
+class Job:
+    id: uuid.UUID
+    job_type: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    priority: int
+    created_by: uuid.UUID | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            id=uuid.UUID(str(row["id"])),
+            job_type=row["job_type"],
+            payload=dict(row["payload"] or {}),
+            attempts=int(row["attempts"]),
+            max_attempts=int(row["max_attempts"]),
+            priority=int(row["priority"]),
+            created_by=uuid.UUID(str(row["created_by"])) if row.get("created_by") else None,
+        )
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempts >= self.max_attempts
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(str(value))
+
+
+class Database:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def _scalar(self, function: str, **args: Any) -> Any:
+        rows = await self.gateway.call(function, args)
+        return rows[0][function] if rows else None
+
+    async def _rows(self, function: str, **args: Any) -> list[dict[str, Any]]:
+        return await self.gateway.call(function, args)
+
+    # The queue.
+
+    async def enqueue_job(
+        self,
+        job_type: str,
+        payload: dict[str, Any],
+        *,
+        priority: int = 0,
+        max_attempts: int = 3,
+        created_by: uuid.UUID | None = None,
+        dedupe_key: str | None = None,
+    ) -> uuid.UUID:
+        job_id = await self._scalar(
+            "enqueue_job",
+            p_job_type=job_type,
+            p_payload=payload,
+            p_priority=priority,
+            p_max_attempts=max_attempts,
+            p_created_by=created_by,
+            p_dedupe_key=dedupe_key,
+        )
+        return uuid.UUID(str(job_id))
+
+    async def claim_jobs(
+        self, worker_id: str, limit: int, job_types: Sequence[str] | None, lease_seconds: int
+    ) -> list[Job]:
+        rows = await self._rows(
+            "claim_jobs",
+            p_worker_id=worker_id,
+            p_limit=limit,
+            p_job_types=list(job_types) if job_types is not None else None,
+            p_lease_seconds=lease_seconds,
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def heartbeat_jobs(
+        self, worker_id: str, job_ids: Sequence[uuid.UUID], lease_seconds: int
+    ) -> set[uuid.UUID]:
+        rows = await self._rows(
+            "heartbeat_jobs",
+            p_worker_id=worker_id,
+            p_job_ids=list(job_ids),
+            p_lease_seconds=lease_seconds,
+        )
+        return {uuid.UUID(str(row["heartbeat_jobs"])) for row in rows}
+
+    async def complete_job(
+        self,
+        job_id: uuid.UUID,
+        worker_id: str | None,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        error_details: dict[str, Any] | None = None,
+        retryable: bool = True,
+    ) -> bool:
+        return bool(
+            await self._scalar(
+                "complete_job",
+                p_job_id=job_id,
+                p_error_message=error,
+                p_error_details=error_details,
+                p_result=result,
+                p_worker_id=worker_id,
+                p_retryable=retryable,
+            )
+        )
+
+    async def release_jobs(self, worker_id: str, job_ids: Sequence[uuid.UUID]) -> int:
+        return int(
+            await self._scalar("release_jobs", p_worker_id=worker_id, p_job_ids=list(job_ids)) or 0
+        )
+
+    # Generations.
+
+    async def start_generation(
+        self, user_id: uuid.UUID, **params: Any
+    ) -> tuple[uuid.UUID, uuid.UUID]:
+        args = {f"p_{name}": value for name, value in params.items() if value is not None}
+        rows = await self._rows("start_generation", p_user_id=user_id, **args)
+        return uuid.UUID(str(rows[0]["generation_id"])), uuid.UUID(str(rows[0]["job_id"]))
+
+    async def begin_generation(self, job_id: uuid.UUID, worker_id: str) -> dict[str, Any] | None:
+        rows = await self._rows("begin_generation", p_job_id=job_id, p_worker_id=worker_id)
+        return rows[0] if rows else None
+
+    async def record_prediction(
+        self, job_id: uuid.UUID, worker_id: str, prediction_id: str
+    ) -> bool:
+        return bool(
+            await self._scalar(
+                "record_prediction",
+                p_job_id=job_id,
+                p_worker_id=worker_id,
+                p_prediction_id=prediction_id,
+            )
+        )
+
+    async def generation_downloading(
+        self,
+        job_id: uuid.UUID,
+        worker_id: str,
+        *,
+        output_url: str,
+        format: str,
+        width: int,
+        height: int,
+        generation_time_seconds: float,
+    ) -> uuid.UUID | None:
+        return _uuid(
+            await self._scalar(
+                "generation_downloading",
+                p_job_id=job_id,
+                p_worker_id=worker_id,
+                p_output_url=output_url,
+                p_format=format,
+                p_width=width,
+                p_height=height,
+                p_generation_time_seconds=Decimal(f"{generation_time_seconds:.3f}"),
+            )
+        )
+
+    async def finish_generation(
+        self,
+        generation_id: uuid.UUID,
+        *,
+        storage_path: str,
+        public_url: str,
+        file_size: int,
+        width: int,
+        height: int,
+        format: str,
+        job_id: uuid.UUID | None = None,
+        worker_id: str | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> dict[str, Any] | None:
+        rows = await self._rows(
+            "finish_generation",
+            p_generation_id=generation_id,
+            p_storage_path=storage_path,
+            p_public_url=public_url,
+            p_file_size=file_size,
+            p_width=width,
+            p_height=height,
+            p_format=format,
+            p_job_id=job_id,
+            p_worker_id=worker_id,
+            p_user_id=user_id,
+        )
+        return rows[0] if rows else None
+
+    async def fail_generation(
+        self,
+        job_id: uuid.UUID,
+        worker_id: str,
+        error: str,
+        *,
+        error_details: dict[str, Any] | None = None,
+        retryable: bool = True,
+    ) -> str | None:
+        status = await self._scalar(
+            "fail_generation",
+            p_job_id=job_id,
+            p_worker_id=worker_id,
+            p_error_message=error,
+            p_error_details=error_details,
+            p_retryable=retryable,
+        )
+        return None if status is None else str(status)
+
+    # For the HTTP service.
+
+    async def nudge_workers(self) -> None:
+        await self.gateway.call("nudge_workers", {})
+
+    async def queue_depth(self) -> list[dict[str, Any]]:
+        return await self._rows("queue_depth")
+
+    async def get_generation(
+        self, generation_id: uuid.UUID, user_id: uuid.UUID
+    ) -> dict[str, Any] | None:
+        value = await self._scalar(
+            "get_generation", p_generation_id=generation_id, p_user_id=user_id
+        )
+        return dict(value) if value else None

@@ -1,0 +1,56 @@
+"""What a stored image is: its format and dimensions, read from its own bytes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from PIL import Image, UnidentifiedImageError
+
+from worker.errors import PermanentJobError
+
+_PIL_FORMATS = {"WEBP": "webp", "PNG": "png", "JPEG": "jpeg"}
+_SVG_ROOT = re.compile(rb"<svg\b[^>]*>", re.IGNORECASE | re.DOTALL)
+_SVG_LENGTH = re.compile(rb'\b(width|height)\s*=\s*["\']\s*([0-9.]+)\s*(px)?\s*["\']')
+_SVG_VIEWBOX = re.compile(
+    rb'\bviewBox\s*=\s*["\']\s*[-0-9.]+[ ,]+[-0-9.]+[ ,]+([0-9.]+)[ ,]+([0-9.]+)'
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def inspect_image(source: BinaryIO) -> ImageInfo:
+    """Format and size from the header (Pillow reads no pixels); SVG from its root tag."""
+    source.seek(0)
+    head = source.read(8192)
+    source.seek(0)
+    if root := _SVG_ROOT.search(head):
+        return _svg_info(root.group(0))
+    try:
+        with Image.open(source) as image:
+            fmt = _PIL_FORMATS.get(image.format or "")
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PermanentJobError("The model returned a file that is not a readable image") from exc
+    finally:
+        source.seek(0)
+    if fmt is None:
+        raise PermanentJobError(f"The model returned an unsupported image format: {image.format}")
+    return ImageInfo(fmt, width, height)
+
+
+def _svg_info(root: bytes) -> ImageInfo:
+    sizes = {name.decode(): float(value) for name, value, _ in _SVG_LENGTH.findall(root)}
+    if viewbox := _SVG_VIEWBOX.search(root):
+        sizes.setdefault("width", float(viewbox.group(1)))
+        sizes.setdefault("height", float(viewbox.group(2)))
+    width, height = round(sizes.get("width", 0)), round(sizes.get("height", 0))
+    if width <= 0 or height <= 0:
+        raise PermanentJobError("The model returned an SVG without a size")
+    return ImageInfo("svg", width, height)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import uuid
+
+from worker.database import Job
+from worker.errors import PermanentJobError
+from worker.generation import store_output
+from worker.jobs.context import JobContext, LeaseLost
+
+
+async def download_image(job: Job, ctx: JobContext) -> None:
+    """Store the prediction's output at <user_id>/<generation_id>.<format>, then finish the
+    generation (images row, status completed, job completed) in one transaction."""
+    try:
+        generation_id = uuid.UUID(str(job.payload["generation_id"]))
+        user_id = uuid.UUID(str(job.payload["user_id"]))
+        output_url = str(job.payload["output_url"])
+        fmt = str(job.payload.get("format") or "webp")
+    except (KeyError, ValueError) as exc:
+        raise PermanentJobError(f"Malformed download job payload: {exc}") from exc
+
+    stored = await store_output(
+        output_url, f"{user_id}/{generation_id}.{fmt}", ctx.replicate, ctx.storage, ctx.settings
+    )
+    image = await ctx.db.finish_generation(
+        generation_id,
+        storage_path=stored.storage_path,
+        public_url=stored.public_url,
+        file_size=stored.file_size,
+        width=stored.info.width,
+        height=stored.info.height,
+        format=stored.info.format,
+        job_id=job.id,
+        worker_id=ctx.worker_id,
+    )
+    if image is None:
+        raise LeaseLost()

@@ -1,0 +1,106 @@
+"""The default gateway: direct PostgreSQL through psycopg 3's async pool, with LISTEN."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from worker.gateway import DatabaseError, GatewayUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+@lru_cache(maxsize=256)
+def _statement(function: str, names: tuple[str, ...]) -> sql.Composed:
+    arguments = sql.SQL(", ").join(
+        sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in names
+    )
+    return sql.SQL("select * from public.{}({})").format(sql.Identifier(function), arguments)
+
+
+def _adapt(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Jsonb(value)
+    if isinstance(value, float):
+        # float8 has no implicit cast to numeric: send the exact decimal instead.
+        return Decimal(repr(value))
+    return value
+
+
+class PostgresGateway:
+    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 10.0) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=timeout,
+            kwargs={"autocommit": True},
+            reconnect_timeout=3600,
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        statement = _statement(function, tuple(args))
+        params = {name: _adapt(value) for name, value in args.items()}
+        try:
+            async with (
+                self._pool.connection() as conn,
+                conn.cursor(row_factory=dict_row) as cursor,
+            ):
+                await cursor.execute(statement, params)
+                return await cursor.fetchall()
+        except PoolTimeout as exc:
+            raise GatewayUnavailable(f"no database connection within {self._timeout}s") from exc
+        except psycopg.OperationalError as exc:
+            raise GatewayUnavailable(f"database unavailable: {exc.sqlstate or exc}") from exc
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                exc.diag.message_primary or str(exc),
+                sqlstate=exc.sqlstate,
+                column=exc.diag.column_name,
+            ) from exc
+
+    async def listen(self, channel: str, wake: Callable[[], None]) -> None:
+        """Wake on every NOTIFY; reconnect (and wake once, in case one was missed) on loss."""
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=int(self._timeout)
+                ) as conn:
+                    await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+                    log.info("listening", channel=channel)
+                    delay = 0.1
+                    wake()
+                    async for _ in conn.notifies():
+                        wake()
+            except psycopg.Error as exc:
+                log.warning("listen connection lost", error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def ping(self) -> bool:
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await conn.execute("select 1")
+            return True
+        except (psycopg.Error, PoolTimeout):
+            return False
+
+    async def close(self) -> None:
+        await self._pool.close()

@@ -1,0 +1,112 @@
+"""The gateway for deployments that only have SUPABASE_URL and the service role key:
+each call is `rpc(function, args)` through supabase-py, i.e. `POST /rest/v1/rpc/<fn>`.
+
+PostgREST answers in JSON, so rows carry JSON values (uuids and timestamps as strings,
+numerics as numbers); `worker.database` converts what it reads. It cannot LISTEN.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from postgrest.exceptions import APIError
+
+from supabase import AsyncClient, AsyncClientOptions
+from worker.gateway import DatabaseError, GatewayUnavailable
+
+# SQLSTATE classes psycopg raises as OperationalError: PostgresGateway maps those to
+# GatewayUnavailable, so this gateway does too.
+_UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "54", "55", "57", "58", "F0", "HV"})
+
+
+class _ServerUnavailable(Exception):
+    """Raised from the response hook, before postgrest-py turns the reply into APIError."""
+
+
+class PostgrestGateway:
+    def __init__(self, supabase_url: str, service_role_key: str, *, timeout: float) -> None:
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), event_hooks={"response": [_refuse_unavailable]}
+        )
+        options = AsyncClientOptions(
+            httpx_client=self._http,
+            postgrest_client_retry=False,  # a retried POST could run a function twice
+            auto_refresh_token=False,
+            persist_session=False,
+        )
+        self._client = AsyncClient(supabase_url, service_role_key, options)
+
+    async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        params = {name: _jsonable(value) for name, value in args.items()}
+        try:
+            response = await self._client.rpc(function, params).execute()
+        except _ServerUnavailable as exc:
+            raise GatewayUnavailable(str(exc)) from None
+        except httpx.TransportError as exc:
+            raise GatewayUnavailable(f"PostgREST unreachable: {type(exc).__name__}") from exc
+        except APIError as exc:
+            raise DatabaseError(exc.message or "PostgREST refused the call", exc.code) from exc
+        return _rows(function, response.data)
+
+    async def listen(self, channel: str, wake: Callable[[], None]) -> None:
+        """PostgREST cannot LISTEN: return at once and let the runner poll."""
+        return None
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.table("models").select("id").limit(1).execute()
+        except (_ServerUnavailable, httpx.TransportError, APIError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+async def _refuse_unavailable(response: httpx.Response) -> None:
+    """5xx and 429 mean "try later", unless the body is a SQL function's own error."""
+    if response.status_code < 500 and response.status_code != 429:
+        return
+    await response.aread()
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    code = str(body.get("code") or "") if isinstance(body, dict) else ""
+    if len(code) == 5 and not code.startswith("PGRST") and code[:2] not in _UNAVAILABLE_CLASSES:
+        return  # e.g. XX000 raised inside a function: a DatabaseError, as with psycopg
+    message = body.get("message") if isinstance(body, dict) else None
+    raise _ServerUnavailable(
+        f"PostgREST answered {response.status_code}{f' ({code})' if code else ''}: "
+        f"{message or response.reason_phrase}"
+    )
+
+
+def _rows(function: str, data: Any) -> list[dict[str, Any]]:
+    """A set of rows arrives as a list of objects; anything else is one scalar value
+    (a set of scalars: one per row), named after the function like `select * from f()`."""
+    if isinstance(data, list):
+        if all(isinstance(item, dict) for item in data):
+            return data
+        return [{function: item} for item in data]
+    return [{function: data}]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(item) for item in value]
+    return value

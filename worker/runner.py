@@ -1,0 +1,260 @@
+"""The runner: claims jobs up to its free capacity and runs each as an asyncio task.
+
+It wakes on NOTIFY, on its poll interval and when told to (`wake()`, called by the
+process-jobs endpoint). Leases are extended by a heartbeat; a job whose lease was lost
+(taken over, cancelled) is cancelled here. On stop it claims nothing more, lets running
+jobs finish within the grace period and hands the rest back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from worker import metrics
+from worker.database import Database, Job
+from worker.errors import is_retryable
+from worker.gateway import DatabaseError, GatewayUnavailable
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[Job, Any], Awaitable[None]]
+
+
+@dataclass
+class RunnerStats:
+    claimed: int = 0
+    completed: int = 0
+    errors: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Runner:
+    def __init__(
+        self,
+        db: Database,
+        handlers: Mapping[str, Handler],
+        context: Any,
+        *,
+        worker_id: str,
+        concurrency: int = 3,
+        poll_interval: float = 5.0,
+        lease_seconds: int = 120,
+        job_timeout: float = 900.0,
+        shutdown_grace: float = 30.0,
+        listen: bool = True,
+        job_types: list[str] | None = None,
+    ) -> None:
+        self.db = db
+        self.handlers = dict(handlers)
+        self.context = context
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.job_timeout = job_timeout
+        self.shutdown_grace = shutdown_grace
+        self.listen = listen
+        # None claims every type, so unknown ones get failed instead of waiting forever.
+        self.job_types = job_types
+        self.stats = RunnerStats()
+        self.running: dict[uuid.UUID, asyncio.Task[bool]] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.alive = False
+
+    # Control.
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run_once(self, wait: bool = False) -> tuple[int, int]:
+        """Claim one batch now (the process-jobs endpoint): (jobs claimed, errors). With
+        `wait`, the errors are counted once the batch has run."""
+        tasks = [self.running[job.id] for job in await self._claim()]
+        if not wait or not tasks:
+            return len(tasks), 0
+        outcomes = await asyncio.gather(
+            *(asyncio.shield(task) for task in tasks), return_exceptions=True
+        )
+        return len(tasks), sum(outcome is not True for outcome in outcomes)
+
+    # The loop.
+
+    async def run(self) -> None:
+        self.alive = True
+        background = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        if self.listen:
+            background.append(
+                asyncio.create_task(self.db.gateway.listen("job_queue", self.wake), name="listen")
+            )
+        log.info("runner started", worker_id=self.worker_id, concurrency=self.concurrency)
+        try:
+            while not self.stopping:
+                self._wakeup.clear()
+                try:
+                    await self._claim()
+                except (GatewayUnavailable, DatabaseError) as exc:
+                    log.warning("claim failed", error=str(exc))
+                    await self._sleep(min(self.poll_interval, 1.0))
+                    continue
+                await self._sleep(self.poll_interval)
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self.alive = False
+            log.info("runner stopped", worker_id=self.worker_id)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
+
+    async def _claim(self) -> list[Job]:
+        free = self.concurrency - len(self.running)
+        if free <= 0 or self.stopping:
+            return []
+        started = time.perf_counter()
+        jobs = await self.db.claim_jobs(self.worker_id, free, self.job_types, self.lease_seconds)
+        metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
+        for job in jobs:
+            self.stats.claimed += 1
+            task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+            self.running[job.id] = task
+            task.add_done_callback(functools.partial(self._finished, job.id))
+        metrics.JOBS_IN_FLIGHT.set(len(self.running))
+        if len(jobs) == free:
+            # A full batch: there may be more waiting once a slot frees up.
+            self._wakeup.set()
+        return jobs
+
+    def _finished(self, job_id: uuid.UUID, _task: asyncio.Task[bool]) -> None:
+        self.running.pop(job_id, None)
+        metrics.JOBS_IN_FLIGHT.set(len(self.running))
+        self._wakeup.set()
+
+    async def _execute(self, job: Job) -> bool:
+        bound = log.bind(job_id=str(job.id), job_type=job.job_type, attempt=job.attempts)
+        if gid := job.payload.get("generation_id"):
+            bound = bound.bind(generation_id=str(gid))
+        if model := job.payload.get("model_id"):
+            bound = bound.bind(model_id=model)
+        handler = self.handlers.get(job.job_type)
+        started = time.perf_counter()
+        deadline = asyncio.timeout(self.job_timeout)
+        try:
+            if handler is None:
+                raise UnknownJobType(job.job_type)
+            async with deadline:
+                await handler(job, self.context)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                await self._fail(job, bound, str(exc) or "Timed out", is_retryable(exc))
+            else:
+                message = f"The job timed out after {self.job_timeout:g} s"
+                await self._fail(job, bound, message, True)
+            return False
+        except asyncio.CancelledError:
+            bound.info("job cancelled")
+            raise
+        except Exception as exc:
+            if not hasattr(exc, "retryable"):
+                bound.exception("job crashed")
+            await self._fail(job, bound, str(exc) or type(exc).__name__, is_retryable(exc))
+            return False
+        else:
+            self.stats.completed += 1
+            metrics.JOBS_FINISHED.labels(job.job_type, "completed").inc()
+            bound.info("job completed", seconds=round(time.perf_counter() - started, 3))
+            return True
+        finally:
+            metrics.JOB_DURATION.labels(job.job_type).observe(time.perf_counter() - started)
+
+    async def _fail(self, job: Job, bound: Any, message: str, retryable: bool) -> None:
+        self.stats.errors += 1
+        details = {"worker_id": self.worker_id, "attempt": job.attempts}
+        try:
+            if "generation_id" in job.payload:
+                status = await self.db.fail_generation(
+                    job.id, self.worker_id, message, error_details=details, retryable=retryable
+                )
+            else:
+                counted = await self.db.complete_job(
+                    job.id,
+                    self.worker_id,
+                    error=message,
+                    error_details=details,
+                    retryable=retryable,
+                )
+                status = "recorded" if counted else None
+        except (GatewayUnavailable, DatabaseError) as exc:
+            # The lease runs out and another worker retries: nothing is lost.
+            bound.error("could not record failure", error=str(exc))
+            return
+        outcome = "lost" if status is None else ("retry" if status == "pending" else "failed")
+        metrics.JOBS_FINISHED.labels(job.job_type, outcome).inc()
+        bound.warning("job failed", error=message, retryable=retryable, outcome=outcome)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(self.lease_seconds / 3, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self.running)
+            if not held:
+                continue
+            try:
+                kept = await self.db.heartbeat_jobs(self.worker_id, held, self.lease_seconds)
+            except (GatewayUnavailable, DatabaseError) as exc:
+                log.warning("heartbeat failed", error=str(exc))
+                continue
+            for job_id in set(held) - kept:
+                task = self.running.get(job_id)
+                if task is not None:
+                    # Taken over or cancelled: whatever this attempt does now cannot count.
+                    log.warning("lease lost; cancelling job", job_id=str(job_id))
+                    task.cancel()
+
+    async def _drain(self) -> None:
+        if not self.running:
+            return
+        log.info(
+            "stopping: waiting for running jobs",
+            jobs=len(self.running),
+            grace_seconds=self.shutdown_grace,
+        )
+        _, pending = await asyncio.wait(list(self.running.values()), timeout=self.shutdown_grace)
+        if not pending:
+            return
+        left = [job_id for job_id, task in self.running.items() if task in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            released = await self.db.release_jobs(self.worker_id, left)
+            log.info("handed jobs back to the queue", released=released)
+        except (GatewayUnavailable, DatabaseError) as exc:
+            log.error("could not release jobs; their leases will expire", error=str(exc))
+
+
+class UnknownJobType(Exception):
+    retryable = False
+
+    def __init__(self, job_type: str) -> None:
+        super().__init__(f"Unknown job type: {job_type}")

@@ -1,0 +1,112 @@
+"""The one door to Supabase Storage: upload generated images, name their public URL.
+
+Built on storage3 (supabase-py's storage client) over our own httpx client, so that every
+call has an explicit timeout. Works against Supabase and against `api.storage_server`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+import httpx
+from storage3 import AsyncStorageClient
+from storage3.exceptions import StorageApiError
+from storage3.utils import StorageException
+
+
+class StorageError(Exception):
+    """An upload or lookup failed; `retryable` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class SupabaseStorage:
+    def __init__(
+        self, supabase_url: str, service_role_key: str, bucket: str, *, timeout: float
+    ) -> None:
+        self._base = supabase_url.rstrip("/") + "/storage/v1"
+        self._key = service_role_key
+        self.bucket = bucket
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
+        headers = {"apikey": service_role_key, "Authorization": f"Bearer {service_role_key}"}
+        self._client = AsyncStorageClient(self._base + "/", headers, http_client=self._http)
+
+    def public_url(self, path: str) -> str:
+        return f"{self._base}/object/public/{quote(self.bucket)}/{quote(path.lstrip('/'))}"
+
+    async def upload(self, path: str, source: Path | BinaryIO, content_type: str) -> None:
+        """Store the whole of `source` at `path` (overwriting), streamed from its file."""
+        options: Any = {"content-type": content_type, "upsert": "true"}
+        with ExitStack() as stack:
+            body = _uploadable(source, stack)
+            try:
+                await self._client.from_(self.bucket).upload(path, body, options)
+            except Exception as exc:
+                raise self._error("upload", path, exc) from exc
+
+    async def exists(self, path: str) -> bool:
+        try:
+            return await self._client.from_(self.bucket).exists(path)
+        except Exception as exc:
+            raise self._error("lookup", path, exc) from exc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _error(self, action: str, path: str, exc: Exception) -> StorageError:
+        retryable, reason = _classify(exc)
+        # The key must never reach a log line, even if a server echoes it back.
+        reason = (reason.replace(self._key, "***") if self._key else reason)[:500]
+        return StorageError(f"Storage {action} of {path} failed: {reason}", retryable=retryable)
+
+
+def _uploadable(source: Path | BinaryIO, stack: ExitStack) -> Path | io.BufferedReader | bytes:
+    """What storage3 accepts (a path, a BufferedReader or bytes) without reading a file
+    into memory: a file object with a descriptor is reopened through a duplicate of it."""
+    if isinstance(source, Path | io.BufferedReader):
+        return source
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        source.seek(0)
+        return source.read()  # an in-memory stream: its bytes are in memory already
+    source.flush()  # buffered writes must reach the descriptor we read through
+    return stack.enter_context(open(os.dup(fd), "rb"))
+
+
+def _classify(exc: Exception) -> tuple[bool, str]:
+    if isinstance(exc, httpx.TimeoutException):
+        return True, f"timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.LocalProtocolError):
+        return False, f"invalid request ({type(exc).__name__})"
+    if isinstance(exc, httpx.TransportError):
+        return True, f"network error ({type(exc).__name__})"
+    if isinstance(exc, StorageApiError):
+        status = _http_status(exc)
+        return status is None or status >= 500 or status in (408, 429), (
+            f"{status or exc.status} {exc.code}: {exc.message}"
+        )
+    if isinstance(exc, StorageException | KeyError | ValueError):
+        return False, f"unexpected reply ({type(exc).__name__})"
+    return True, type(exc).__name__
+
+
+def _http_status(exc: StorageApiError) -> int | None:
+    # storage3 reports the status from the body; the HTTP status is on the cause.
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, httpx.HTTPStatusError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return cause.response.status_code
+    try:
+        return int(exc.status)
+    except (TypeError, ValueError):
+        return None
