@@ -90,7 +90,7 @@ as $$
           and scheduled_at <= now()
           and (p_job_types is null or job_type = any (p_job_types))
         order by priority desc, created_at
-        limit p_limit
+        limit coalesce(p_limit, 1)
         for update skip locked
     ),
     expired as (
@@ -102,19 +102,19 @@ as $$
           and attempts < max_attempts
           and (p_job_types is null or job_type = any (p_job_types))
         order by locked_until
-        limit p_limit
+        limit coalesce(p_limit, 1)
         for update skip locked
     ),
     chosen as (
         select id from (select * from due union all select * from expired) candidates
         order by priority desc, created_at
-        limit p_limit
+        limit coalesce(p_limit, 1)
     )
     update job_queue j
     set status = 'processing',
         attempts = j.attempts + 1,
         locked_by = p_worker_id,
-        locked_until = now() + make_interval(secs => p_lease_seconds),
+        locked_until = now() + make_interval(secs => coalesce(p_lease_seconds, 300)),
         started_at = now(),
         updated_at = now()
     from chosen
@@ -143,7 +143,7 @@ set search_path = public, pg_temp
 as $$
     -- Returns the jobs this worker still holds; any other id's lease was lost.
     update job_queue
-    set locked_until = now() + make_interval(secs => p_lease_seconds),
+    set locked_until = now() + make_interval(secs => coalesce(p_lease_seconds, 300)),
         updated_at = now()
     where id = any (p_job_ids)
       and status = 'processing'

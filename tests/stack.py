@@ -50,7 +50,9 @@ class Stack:
         return Settings(**(values | overrides))
 
     def simulator(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.simulator_url}/_simulator/{path}", timeout=10, **kwargs)
+        response = httpx.request(
+            method, f"{self.simulator_url}/_simulator/{path}", timeout=10, **kwargs
+        )
         response.raise_for_status()
         return response.json()
 
@@ -68,7 +70,10 @@ def run_stack(
     key = secrets.token_urlsafe(24)
     app = Starlette(
         routes=[
-            Mount("/replicate", create_simulator_app(simulator or SimulatorConfig(latency_seconds=0.05))),
+            Mount(
+                "/replicate",
+                create_simulator_app(simulator or SimulatorConfig(latency_seconds=0.05)),
+            ),
             Mount("/storage/v1", create_storage_app(storage_root, key)),
             Mount("/rest/v1", create_postgrest_app(database_url)),
         ]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,9 @@ def gateway(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def start(conn: psycopg.Connection[Any], user_id: uuid.UUID, model_id: str, **params: Any) -> uuid.UUID:
+def start(
+    conn: psycopg.Connection[Any], user_id: uuid.UUID, model_id: str, **params: Any
+) -> uuid.UUID:
     names = ", ".join(f"p_{name} => %({name})s" for name in params)
     row = conn.execute(
         f"select generation_id from start_generation(p_user_id => %(user)s, p_prompt => %(prompt)s,"
@@ -82,7 +84,10 @@ async def wait_for(
                 "select * from image_generations where id = any(%s)", (generation_ids,)
             )
             rows = {row["id"]: row for row in await cursor.fetchall()}
-            if all(row["status"] in TERMINAL for row in rows.values()) or time.monotonic() > deadline:
+            if (
+                all(row["status"] in TERMINAL for row in rows.values())
+                or time.monotonic() > deadline
+            ):
                 return rows
             await asyncio.sleep(0.1)
 
@@ -124,7 +129,10 @@ async def test_generations_of_every_family_complete(
             assert response.status_code == 200
             assert response.headers["content-type"].startswith(CONTENT_TYPES[image["format"]])
             assert len(response.content) == image["file_size"]
-            assert image["storage_path"] == f"{image['user_id']}/{image['generation_id']}.{image['format']}"
+            assert (
+                image["storage_path"]
+                == f"{image['user_id']}/{image['generation_id']}.{image['format']}"
+            )
             params = GenerationParams(
                 prompt="x",
                 model_id=image["model_id"],
@@ -179,10 +187,14 @@ async def test_permanent_failure_fails_with_readable_message_after_attempts(
 async def test_unknown_job_type_fails_permanently(
     conn: psycopg.Connection[Any], database_url: str, stack: Stack
 ) -> None:
-    job_id = conn.execute("select enqueue_job('cleanup-storage', '{}'::jsonb) as id").fetchone()["id"]
+    job_id = conn.execute("select enqueue_job('cleanup-storage', '{}'::jsonb) as id").fetchone()[
+        "id"
+    ]
     async with open_worker(stack.settings()) as worker:
         await worker.runner.run_once(wait=True)
-    job = conn.execute("select status, attempts, error_message from job_queue where id = %s", (job_id,)).fetchone()
+    job = conn.execute(
+        "select status, attempts, error_message from job_queue where id = %s", (job_id,)
+    ).fetchone()
     assert job["status"] == "failed" and job["attempts"] == 1
     assert "Unknown job type" in job["error_message"]
 
@@ -227,7 +239,8 @@ async def test_killed_runner_resumes_the_saved_prediction(
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             row = conn.execute(
-                "select replicate_prediction_id from image_generations where id = %s", (generation_id,)
+                "select replicate_prediction_id from image_generations where id = %s",
+                (generation_id,),
             ).fetchone()
             if row["replicate_prediction_id"]:
                 break
@@ -239,7 +252,9 @@ async def test_killed_runner_resumes_the_saved_prediction(
     finally:
         if process.poll() is None:
             process.kill()
-    rows = await run_worker_until(stack.settings(lease_seconds=10), database_url, [generation_id], 60)
+    rows = await run_worker_until(
+        stack.settings(lease_seconds=10), database_url, [generation_id], 60
+    )
     assert rows[generation_id]["status"] == "completed"
     assert stack.predictions_created() == 1
 
@@ -251,7 +266,10 @@ async def test_sigterm_loses_nothing(
     user = make_user(conn)
     ids = [start(conn, user, "black-forest-labs/flux-schnell") for _ in range(50)]
     process = _worker_process(
-        stack.settings(), MAX_PARALLEL_JOBS="50", SHUTDOWN_GRACE_SECONDS="1", REPLICATE_WAIT_SECONDS="1"
+        stack.settings(),
+        MAX_PARALLEL_JOBS="50",
+        SHUTDOWN_GRACE_SECONDS="1",
+        REPLICATE_WAIT_SECONDS="1",
     )
     try:
         deadline = time.monotonic() + 20

@@ -95,6 +95,7 @@ async def open_worker(settings: Settings) -> AsyncIterator[Worker]:
         lease_seconds=settings.lease_seconds,
         job_timeout=settings.job_timeout_seconds,
         shutdown_grace=settings.shutdown_grace_seconds,
+        listen=settings.listen_for_jobs,
     )
     try:
         yield Worker(db, replicate, storage, runner)

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # Replicate.
     replicate_api_token: SecretStr | None = None
     replicate_base_url: str = "https://api.replicate.com/v1"
-    replicate_wait_seconds: int = Field(default=60, ge=1, le=60)
+    replicate_wait_seconds: int = Field(default=1, ge=0, le=60)
     prediction_timeout_seconds: int = Field(default=600, ge=5)
 
     # The worker.
@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=_default_worker_id)
     max_parallel_jobs: int = Field(default=3, ge=1, le=5000)
     poll_interval_seconds: float = Field(default=5.0, gt=0)
+    listen_for_jobs: bool = True
     lease_seconds: int = Field(default=120, ge=10)
     job_timeout_seconds: float = Field(default=900.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)

@@ -1,0 +1,384 @@
+"""The HTTP service over real HTTP on 127.0.0.1: the old clients' calls, auth refusals,
+validation, the worker trigger, the cron path and the legacy endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from supabase import create_client
+
+from api.app import create_app
+from api.auth import mint_dev_token
+from api.background_server import BackgroundServer
+from tests.conftest import make_user
+from tests.stack import Stack, run_stack
+from worker.settings import Settings
+
+JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"
+WORKER_SECRET = "worker-secret-for-tests-0123456789"
+FLUX = "black-forest-labs/flux-schnell"
+
+
+class Service:
+    def __init__(self, url: str, settings: Settings, stack: Stack) -> None:
+        self.url = url
+        self.settings = settings
+        self.stack = stack
+        self.issuer = f"{settings.supabase_url}/auth/v1"
+
+    def token(self, user_id: uuid.UUID, **claims: Any) -> str:
+        if not claims:
+            return mint_dev_token(JWT_SECRET, user_id, issuer=self.issuer)
+        now = int(time.time())
+        payload = {
+            "sub": str(user_id),
+            "aud": "authenticated",
+            "role": "authenticated",
+            "iss": self.issuer,
+            "iat": now,
+            "exp": now + 600,
+        } | claims
+        return jwt.encode({k: v for k, v in payload.items() if v is not None}, JWT_SECRET, "HS256")
+
+    def post(self, name: str, body: Any, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(
+            f"{self.url}/functions/v1/{name}", json=body, headers=headers, timeout=60, **kwargs
+        )
+
+
+def _serve(database_url: str, stack: Stack, **overrides: Any) -> Iterator[Service]:
+    settings = stack.settings(
+        supabase_jwt_secret=JWT_SECRET, worker_secret=WORKER_SECRET, **overrides
+    )
+    with BackgroundServer(create_app(settings, run_jobs=True)) as server:
+        yield Service(server.url, settings, stack)
+
+
+@pytest.fixture
+def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
+    with run_stack(database_url, tmp_path / "storage") as running:
+        yield running
+
+
+@pytest.fixture
+def service(database_url: str, stack: Stack) -> Iterator[Service]:
+    yield from _serve(database_url, stack)
+
+
+def rows(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    generations = conn.execute("select count(*) from image_generations").fetchone()
+    jobs = conn.execute("select count(*) from job_queue").fetchone()
+    assert generations is not None and jobs is not None
+    return generations["count"], jobs["count"]
+
+
+def wait_for_status(
+    conn: psycopg.Connection[Any], generation_id: str, timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            "select * from image_generations where id = %s", (generation_id,)
+        ).fetchone()
+        assert row is not None
+        if row["status"] in ("completed", "failed") or time.monotonic() > deadline:
+            return row
+        time.sleep(0.1)
+
+
+def test_supabase_client_starts_a_generation_that_completes(
+    conn: psycopg.Connection[Any], service: Service
+) -> None:
+    user = make_user(conn)
+    client = create_client(service.url, "anon-key-of-the-project")
+    client.functions.set_auth(service.token(user))
+    answer = client.functions.invoke(
+        "start-generation", invoke_options={"body": {"prompt": "a lighthouse", "model_id": FLUX}}
+    )
+    body = answer if isinstance(answer, dict) else json.loads(answer)
+    assert set(body) == {"success", "generation_id", "job_id", "status", "message"}
+    assert body["success"] is True and body["status"] == "queued"
+    assert body["message"] == "Image generation started. You will be notified when complete."
+    job = conn.execute(
+        "select created_by, job_type from job_queue where id = %s", (body["job_id"],)
+    ).fetchone()
+    assert job == {"created_by": user, "job_type": "generate-image"}
+
+    generation = wait_for_status(conn, body["generation_id"])
+    assert generation["status"] == "completed", generation["error_message"]
+    image = conn.execute(
+        "select * from images where generation_id = %s", (body["generation_id"],)
+    ).fetchone()
+    download = httpx.get(image["public_url"], timeout=10)
+    assert download.status_code == 200 and len(download.content) == image["file_size"]
+
+
+def test_cors_preflight_and_headers(service: Service) -> None:
+    for name in ("start-generation", "process-jobs", "process-generation", "generate-image"):
+        response = httpx.options(f"{service.url}/functions/v1/{name}")
+        assert response.status_code == 200 and response.text == "ok"
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert response.headers["access-control-allow-headers"] == (
+            "authorization, x-client-info, apikey, content-type"
+        )
+    refused = service.post("start-generation", {})
+    assert refused.headers["access-control-allow-origin"] == "*"
+
+
+def _rsa_public_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_auth_refusals_write_nothing(conn: psycopg.Connection[Any], service: Service) -> None:
+    user = make_user(conn)
+    now = int(time.time())
+    unsigned = jwt.encode({"sub": str(user), "aud": "authenticated", "exp": now + 60}, "", "none")
+    forged = {
+        "no token": None,
+        "expired": service.token(user, exp=now - 120, iat=now - 720),
+        "wrong audience": service.token(user, aud="anon"),
+        "wrong issuer": service.token(user, iss="https://evil.example/auth/v1"),
+        "wrong key": jwt.encode(
+            {
+                "sub": str(user),
+                "aud": "authenticated",
+                "role": "authenticated",
+                "exp": now + 60,
+                "iss": service.issuer,
+            },
+            "another-secret-0123456789abcdef0123456789",
+            "HS256",
+        ),
+        "alg none": unsigned,
+        "HS/RS confusion": _hs_with_public_key(user, service.issuer, now),
+        "garbage": "not.a.token",
+    }
+    for case, token in forged.items():
+        response = service.post("start-generation", {"prompt": "x", "model_id": FLUX}, token)
+        assert response.status_code == 401, case
+        assert set(response.json()) == {"error"}, case
+    assert rows(conn) == (0, 0)
+
+
+def _hs_with_public_key(user: uuid.UUID, issuer: str, now: int) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-key"}).encode())
+    payload = b64(
+        json.dumps(
+            {
+                "sub": str(user),
+                "aud": "authenticated",
+                "role": "authenticated",
+                "exp": now + 60,
+                "iss": issuer,
+            }
+        ).encode()
+    )
+    signature = hmac.new(_rsa_public_pem(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model_id": FLUX}, "prompt"),
+        ({"prompt": "", "model_id": FLUX}, "prompt"),
+        ({"prompt": "x" * 4001, "model_id": FLUX}, "prompt"),
+        ({"prompt": "x"}, "model_id"),
+        ({"prompt": "x", "model_id": "nobody/unknown"}, "model_id"),
+        ({"prompt": "x", "model_id": FLUX, "width": "wide"}, "width"),
+        ({"prompt": "x", "model_id": FLUX, "width": 64}, "width"),
+        ({"prompt": "x", "model_id": FLUX, "height": 99999}, "height"),
+        ({"prompt": "x", "model_id": FLUX, "num_inference_steps": 50}, "num_inference_steps"),
+        ({"prompt": "x", "model_id": FLUX, "guidance_scale": -1}, "guidance_scale"),
+        ({"prompt": "x", "model_id": FLUX, "seed": -5}, "seed"),
+        ({"prompt": 42, "model_id": FLUX}, "prompt"),
+        (
+            {"prompt": "x", "model_id": FLUX, "source_image_url": "https://example.com/a.png"},
+            "source_image_url",
+        ),
+        (
+            {
+                "prompt": "x",
+                "model_id": "black-forest-labs/flux-dev",
+                "source_image_url": "https://example.com/a.png",
+                "strength": 1.5,
+            },
+            "strength",
+        ),
+        (
+            {
+                "prompt": "x",
+                "model_id": "black-forest-labs/flux-dev",
+                "source_image_url": "file:///etc/passwd",
+            },
+            "source_image_url",
+        ),
+    ],
+)
+def test_validation_names_the_field_and_writes_nothing(
+    conn: psycopg.Connection[Any], service: Service, body: dict[str, Any], field: str
+) -> None:
+    user = make_user(conn)
+    response = service.post("start-generation", body, service.token(user))
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}
+    assert field in response.json()["error"]
+    assert rows(conn) == (0, 0)
+
+
+def test_bad_bodies_are_400_not_500(conn: psycopg.Connection[Any], service: Service) -> None:
+    token = service.token(make_user(conn))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for raw in (b"{", b"[]", b"null", b"\xff\xfe"):
+        response = httpx.post(
+            f"{service.url}/functions/v1/start-generation", content=raw, headers=headers
+        )
+        assert response.status_code == 400 and "error" in response.json()
+    huge = httpx.post(
+        f"{service.url}/functions/v1/start-generation",
+        content=b"{" + b" " * 100_000 + b"}",
+        headers=headers,
+    )
+    assert huge.status_code == 413 and "error" in huge.json()
+    assert httpx.get(f"{service.url}/functions/v1/nothing-here").json() == {"error": "Not found"}
+    assert httpx.delete(f"{service.url}/functions/v1/start-generation").status_code == 405
+    assert rows(conn) == (0, 0)
+
+
+def test_process_jobs_requires_the_secret_and_answers_at_once(
+    conn: psycopg.Connection[Any], service: Service
+) -> None:
+    assert service.post("process-jobs", {}).status_code == 401
+    assert service.post("process-jobs", {}, "wrong-secret").status_code == 401
+    service.stack.configure_simulator(latency_seconds=3.0)
+    user = make_user(conn)
+    ids = [
+        service.post(
+            "start-generation", {"prompt": "x", "model_id": FLUX}, service.token(user)
+        ).json()
+        for _ in range(2)
+    ]
+    started = time.monotonic()
+    response = service.post("process-jobs", {}, WORKER_SECRET)
+    assert time.monotonic() - started < 1.0
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"success", "processed", "errors", "message"}
+    assert body["message"] == f"Processed {body['processed']} job(s) with {body['errors']} error(s)"
+    for started_generation in ids:
+        assert wait_for_status(conn, started_generation["generation_id"])["status"] == "completed"
+
+
+def test_the_cron_command_gets_a_queued_job_processed(
+    conn: psycopg.Connection[Any], database_url: str, stack: Stack
+) -> None:
+    # Poll once a minute, no LISTEN: only the cron path can wake this runner in time.
+    for service in _serve(database_url, stack, listen_for_jobs=False, poll_interval_seconds=60):
+        time.sleep(0.5)  # the runner's first (empty) claim happens at start-up
+        user = make_user(conn)
+        generation = service.post(
+            "start-generation", {"prompt": "x", "model_id": FLUX}, service.token(user)
+        )
+        generation_id = generation.json()["generation_id"]
+        conn.execute("select imagegen.put_setting('worker_url', %s)", (service.url,))
+        conn.execute("select imagegen.put_setting('worker_secret', %s)", (WORKER_SECRET,))
+        command = "select public.invoke_worker()"  # what cron.job holds (see test_cron_sql)
+        request_id = conn.execute(command).fetchone()["invoke_worker"]
+        reply = conn.execute(
+            "select status_code, content from net._http_response where id = %s", (request_id,)
+        ).fetchone()
+        assert reply["status_code"] == 200 and '"processed":1' in reply["content"].replace(" ", "")
+        assert wait_for_status(conn, generation_id)["status"] == "completed"
+
+
+def test_legacy_generate_image_both_shapes(conn: psycopg.Connection[Any], service: Service) -> None:
+    user = make_user(conn)
+    token = service.token(user)
+    plain = service.post("generate-image", {"prompt": "a cat", "model_id": FLUX}, token)
+    assert plain.status_code == 200, plain.text
+    body = plain.json()
+    assert set(body) == {"success", "url", "format", "generation_time"} and body["format"] == "webp"
+    assert httpx.get(body["url"]).status_code == 200
+
+    # With a generation_id the images row is written and the generation completed.
+    generation_id = conn.execute(
+        "insert into image_generations (user_id, prompt, model_id, status) values (%s, 'a dog', %s, 'processing') returning id",
+        (user, FLUX),
+    ).fetchone()["id"]
+    linked = service.post(
+        "generate-image",
+        {"prompt": "a dog", "model_id": FLUX, "generation_id": str(generation_id)},
+        token,
+    )
+    assert linked.status_code == 200, linked.text
+    body = linked.json()
+    assert set(body) == {"success", "image", "generation_time"}
+    assert body["image"]["generation_id"] == str(generation_id)
+    assert httpx.get(body["image"]["public_url"]).status_code == 200
+    status = conn.execute(
+        "select status from image_generations where id = %s", (generation_id,)
+    ).fetchone()
+    assert status["status"] == "completed"
+    refused = service.post("generate-image", {"prompt": "x", "model_id": FLUX}, None)
+    assert refused.status_code == 401
+
+
+def test_process_generation(service: Service) -> None:
+    assert service.post("process-generation", {"prompt": "x", "model_id": FLUX}).status_code == 401
+    ok = service.post(
+        "process-generation",
+        {"prompt": "x", "model_id": FLUX, "width": 1920, "height": 1080},
+        WORKER_SECRET,
+    )
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert set(body) == {
+        "success",
+        "output_url",
+        "format",
+        "width",
+        "height",
+        "generation_time_seconds",
+    }
+    assert body["height"] == 1024 and body["width"] > 1024  # 16:9 at 1024 on the short side
+    bad = service.post("process-generation", {"prompt": "x"}, WORKER_SECRET)
+    assert bad.status_code == 400 and "error" in bad.json()
+
+
+def test_health_and_metrics(service: Service) -> None:
+    health = httpx.get(f"{service.url}/health")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "database": True, "runner": "running"}
+    metrics = httpx.get(f"{service.url}/metrics").text
+    for name in (
+        "imagegen_queue_depth",
+        "imagegen_jobs_finished_total",
+        "imagegen_job_duration_seconds",
+        "imagegen_claim_latency_seconds",
+        "imagegen_jobs_in_flight",
+        "imagegen_http_request_duration_seconds",
+    ):
+        assert name in metrics
+    assert httpx.get(f"{service.url}/openapi.json").json()["paths"]
