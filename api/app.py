@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
+from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.generation import run_prediction, store_output
 from worker.models import GenerationParams
@@ -77,8 +78,15 @@ class GenerationBody(BaseModel):
     strength: float | None = None
     style: str | None = None
 
-    def params(self) -> GenerationParams:
-        return GenerationParams.from_payload(self.model_dump())
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(include=set(GenerationBody.model_fields))
+
+    async def params(self, db: Database) -> GenerationParams:
+        """Checked against the model's limits, with its defaults, as a job would carry."""
+        try:
+            return GenerationParams.from_payload(await db.generation_parameters(**self.fields()))
+        except (DatabaseError, GatewayUnavailable) as exc:
+            raise _database_failure(exc) from exc
 
 
 class LegacyBody(GenerationBody):
@@ -164,19 +172,7 @@ async def start_generation(request: Request) -> Response:
     body = await parse_body(request, GenerationBody)
     try:
         generation_id, job_id = await service.worker.db.start_generation(
-            user.user_id,
-            prompt=body.prompt,
-            model_id=body.model_id,
-            model_version=body.model_version,
-            width=body.width,
-            height=body.height,
-            num_inference_steps=body.num_inference_steps,
-            guidance_scale=body.guidance_scale,
-            seed=body.seed,
-            negative_prompt=body.negative_prompt,
-            source_image_url=body.source_image_url,
-            strength=body.strength,
-            style=body.style,
+            user.user_id, **body.fields()
         )
     except (DatabaseError, GatewayUnavailable) as exc:
         raise _database_failure(exc) from exc
@@ -218,7 +214,7 @@ async def process_generation(request: Request) -> Response:
     service = _service(request)
     service.require_worker_secret(request)
     body = await parse_body(request, GenerationBody)
-    params = body.params()
+    params = await body.params(service.worker.db)
     try:
         result = await run_prediction(params, service.worker.replicate, service.settings)
     except Exception as exc:
@@ -242,10 +238,11 @@ async def generate_image(request: Request) -> Response:
     user = await service.user(request)
     body = await parse_body(request, LegacyBody)
     worker, settings = service.worker, service.settings
+    params = await body.params(worker.db)
     started = time.monotonic()
     name = body.generation_id or uuid.uuid4()
     try:
-        result = await run_prediction(body.params(), worker.replicate, settings)
+        result = await run_prediction(params, worker.replicate, settings)
         stored = await store_output(
             result.output_url,
             f"{user.user_id}/{name}.{result.format}",
@@ -376,7 +373,14 @@ def create_app(
         ("get-generation", get_generation, ["GET"]),
     ]
     for name, endpoint, methods in routes:
-        app.add_api_route(f"{FUNCTIONS}/{name}", endpoint, methods=methods, name=name)
+        for method in methods:
+            app.add_api_route(
+                f"{FUNCTIONS}/{name}",
+                endpoint,
+                methods=[method],
+                name=name,
+                operation_id=f"{name}-{method.lower()}",
+            )
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 

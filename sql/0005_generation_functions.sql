@@ -6,14 +6,18 @@ create or replace function public._invalid(p_field text, p_message text) returns
 language plpgsql
 as $$
 begin
-    -- SQLSTATE 22023 with the field in COLUMN: the API answers 400 naming that field.
-    raise exception using errcode = 'invalid_parameter_value', message = p_message,
-                          column = p_field;
+    -- SQLSTATE 22023 with the field in COLUMN and in the message (PostgREST passes on
+    -- only the message): the API answers 400 naming that field.
+    raise exception using errcode = 'invalid_parameter_value', column = p_field,
+        message = case when starts_with(p_message, p_field) then p_message
+                       else p_field || ': ' || p_message end;
 end
 $$;
 
-create or replace function public.start_generation(
-    p_user_id uuid,
+-- A request's parameters, checked against its model's limits and completed with the
+-- model's defaults: what a generate-image job carries. Raises 22023 naming the field.
+-- start_generation stores this; the synchronous endpoints run it without a row.
+create or replace function public.generation_parameters(
     p_prompt text,
     p_model_id text,
     p_model_version text default null,
@@ -25,10 +29,10 @@ create or replace function public.start_generation(
     p_negative_prompt text default null,
     p_source_image_url text default null,
     p_strength numeric default null,
-    p_style text default null,
-    p_priority integer default 0
-) returns table (generation_id uuid, job_id uuid)
+    p_style text default null
+) returns jsonb
 language plpgsql
+stable
 security definer
 set search_path = public, pg_temp
 as $$
@@ -39,12 +43,7 @@ declare
     v_steps integer;
     v_guidance numeric;
     v_strength numeric;
-    v_generation_id uuid;
-    v_job_id uuid;
 begin
-    if p_user_id is null or not exists (select from auth.users where id = p_user_id) then
-        perform _invalid('user_id', 'Unknown user');
-    end if;
     -- Any whitespace, not only spaces (btrim's default), makes an empty prompt.
     if p_prompt is null or p_prompt !~ '\S' then
         perform _invalid('prompt', 'prompt is required');
@@ -112,34 +111,73 @@ begin
         perform _invalid('strength', 'strength needs a source_image_url');
     end if;
 
+    return jsonb_build_object(
+        'prompt', p_prompt,
+        'negative_prompt', p_negative_prompt,
+        'model_id', p_model_id,
+        'model_name', m.name,
+        'model_version', coalesce(p_model_version, m.version),
+        'style', p_style,
+        'width', v_width,
+        'height', v_height,
+        'num_inference_steps', v_steps,
+        'guidance_scale', v_guidance,
+        'seed', p_seed,
+        'source_image_url', p_source_image_url,
+        'strength', v_strength
+    );
+end
+$$;
+
+create or replace function public.start_generation(
+    p_user_id uuid,
+    p_prompt text,
+    p_model_id text,
+    p_model_version text default null,
+    p_width integer default null,
+    p_height integer default null,
+    p_num_inference_steps integer default null,
+    p_guidance_scale numeric default null,
+    p_seed bigint default null,
+    p_negative_prompt text default null,
+    p_source_image_url text default null,
+    p_strength numeric default null,
+    p_style text default null,
+    p_priority integer default 0
+) returns table (generation_id uuid, job_id uuid)
+language plpgsql
+security definer
+set search_path = public, pg_temp
+as $$
+declare
+    p jsonb;
+    v_generation_id uuid;
+    v_job_id uuid;
+begin
+    if p_user_id is null or not exists (select from auth.users where id = p_user_id) then
+        perform _invalid('user_id', 'Unknown user');
+    end if;
+    p := generation_parameters(
+        p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
+        p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
+    );
+
     insert into image_generations (
         user_id, prompt, negative_prompt, model, model_id, style, width, height, steps,
         guidance_scale, seed, source_image_url, generation_strength, status, priority
     )
     values (
-        p_user_id, p_prompt, p_negative_prompt, m.name, p_model_id, p_style, v_width,
-        v_height, v_steps, v_guidance, p_seed, p_source_image_url, v_strength, 'queued',
-        coalesce(p_priority, 0)
+        p_user_id, p_prompt, p_negative_prompt, p ->> 'model_name', p_model_id, p_style,
+        (p ->> 'width')::integer, (p ->> 'height')::integer,
+        (p ->> 'num_inference_steps')::integer, (p ->> 'guidance_scale')::numeric, p_seed,
+        p_source_image_url, (p ->> 'strength')::numeric, 'queued', coalesce(p_priority, 0)
     )
     returning id into v_generation_id;
 
     v_job_id := enqueue_job(
         p_job_type => 'generate-image',
-        p_payload => jsonb_build_object(
-            'generation_id', v_generation_id,
-            'user_id', p_user_id,
-            'prompt', p_prompt,
-            'negative_prompt', p_negative_prompt,
-            'model_id', p_model_id,
-            'model_version', coalesce(p_model_version, m.version),
-            'width', v_width,
-            'height', v_height,
-            'num_inference_steps', v_steps,
-            'guidance_scale', v_guidance,
-            'seed', p_seed,
-            'source_image_url', p_source_image_url,
-            'strength', v_strength
-        ),
+        p_payload => p - 'model_name' - 'style'
+            || jsonb_build_object('generation_id', v_generation_id, 'user_id', p_user_id),
         p_priority => coalesce(p_priority, 0),
         p_created_by => p_user_id,
         p_dedupe_key => 'generate-image:' || v_generation_id

@@ -53,6 +53,7 @@ begin
         where p.pronamespace = 'public'::regnamespace
           and p.proname in ('enqueue_job', 'claim_jobs', 'claim_next_job', 'heartbeat_jobs',
                             'complete_job', 'release_jobs', 'cancel_job', 'start_generation',
+                            'generation_parameters',
                             'begin_generation', 'record_prediction', 'generation_downloading',
                             'finish_generation', 'fail_generation', 'cancel_generation',
                             '_invalid', '_held_generation')

@@ -349,7 +349,7 @@ def test_process_generation(service: Service) -> None:
     assert service.post("process-generation", {"prompt": "x", "model_id": FLUX}).status_code == 401
     ok = service.post(
         "process-generation",
-        {"prompt": "x", "model_id": FLUX, "width": 1920, "height": 1080},
+        {"prompt": "x", "model_id": FLUX, "width": 1440, "height": 810},
         WORKER_SECRET,
     )
     assert ok.status_code == 200, ok.text

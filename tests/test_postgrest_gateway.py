@@ -114,7 +114,7 @@ async def test_start_generation_rows_and_refusal(
             },
         )
     assert refused.value.sqlstate == "22023"
-    assert refused.value.message == "Unknown user"
+    assert refused.value.message == "user_id: Unknown user"
     assert refused.value.is_invalid_input
 
 

@@ -139,6 +139,12 @@ class Database:
         rows = await self._rows("start_generation", p_user_id=user_id, **args)
         return uuid.UUID(str(rows[0]["generation_id"])), uuid.UUID(str(rows[0]["job_id"]))
 
+    async def generation_parameters(self, **params: Any) -> dict[str, Any]:
+        """The parameters checked against the model's limits, with its defaults filled in."""
+        args = {f"p_{name}": value for name, value in params.items() if value is not None}
+        result: dict[str, Any] = await self._scalar("generation_parameters", **args)
+        return result
+
     async def begin_generation(self, job_id: uuid.UUID, worker_id: str) -> dict[str, Any] | None:
         rows = await self._rows("begin_generation", p_job_id=job_id, p_worker_id=worker_id)
         return rows[0] if rows else None

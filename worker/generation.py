@@ -3,6 +3,7 @@ run a Replicate prediction for a set of parameters, and store its output."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +21,9 @@ from worker.models import (
     first_output_url,
     output_format,
     prediction_request,
+    takes_source_image,
 )
-from worker.replicate import Prediction, ReplicateClient
+from worker.replicate import Prediction, PredictionNotFound, ReplicateClient
 from worker.settings import Settings
 from worker.source_image import fetch_source_image
 from worker.storage import SupabaseStorage
@@ -63,30 +65,30 @@ async def run_prediction(
     started = time.monotonic()
     prediction: Prediction | None = None
     if resume_id:
-        prediction = await replicate.get_prediction(resume_id)
-        if prediction.status not in _LIVE:
-            log.info("saved prediction unusable; creating a new one", status=prediction.status)
-            prediction = None
-        else:
-            log.info("resuming saved prediction", prediction_id=resume_id)
+        prediction = await _resumable(replicate, resume_id)
     if prediction is None:
         image = None
-        if params.source_image_url:
+        if params.source_image_url and takes_source_image(params.model_id):
             image = await fetch_source_image(
                 params.source_image_url,
                 max_bytes=settings.max_source_image_bytes,
                 timeout=settings.http_timeout_seconds,
             )
         path, body = prediction_request(params, build_replicate_input(params, image))
-        prediction = await replicate.create_prediction(
-            path,
-            body,
-            wait_seconds=settings.replicate_wait_seconds or None,
-            cancel_after_seconds=settings.prediction_timeout_seconds,
-        )
-        log.info("prediction created", prediction_id=prediction.id, status=prediction.status)
-        if on_created is not None:
-            await on_created(prediction.id)
+
+        async def create() -> Prediction:
+            created = await replicate.create_prediction(
+                path,
+                body,
+                wait_seconds=settings.replicate_wait_seconds or None,
+                cancel_after_seconds=settings.prediction_timeout_seconds,
+            )
+            log.info("prediction created", prediction_id=created.id, status=created.status)
+            if on_created is not None:
+                await on_created(created.id)
+            return created
+
+        prediction = await _finish_even_if_cancelled(create())
     prediction = await replicate.wait_for_prediction(
         prediction, deadline_seconds=settings.prediction_timeout_seconds + 30
     )
@@ -102,6 +104,35 @@ async def run_prediction(
         height=height,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+async def _resumable(replicate: ReplicateClient, prediction_id: str) -> Prediction | None:
+    """The saved prediction if it can still deliver its output; None means create anew."""
+    try:
+        prediction = await replicate.get_prediction(prediction_id)
+    except PredictionNotFound:
+        log.info("saved prediction not found; creating a new one", prediction_id=prediction_id)
+        return None
+    if prediction.status not in _LIVE:
+        log.info("saved prediction unusable; creating a new one", status=prediction.status)
+        return None
+    log.info("resuming saved prediction", prediction_id=prediction_id)
+    return prediction
+
+
+async def _finish_even_if_cancelled(creation: Awaitable[Prediction]) -> Prediction:
+    """Run the create-and-save step to its end even when the job is cancelled meanwhile
+    (shutdown, timeout, lost lease), then let the cancellation through. Cancelled halfway,
+    Replicate may have created a prediction whose id we never saved: the retry would pay
+    for a second one. The step is bounded by the HTTP timeouts."""
+    task = asyncio.ensure_future(creation)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # Consumed: the caller sees the cancellation.
+        raise
 
 
 async def store_output(

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 from postgrest.exceptions import APIError
-
 from supabase import AsyncClient, AsyncClientOptions
+
 from worker.gateway import DatabaseError, GatewayUnavailable
 
 # SQLSTATE classes psycopg raises as OperationalError: PostgresGateway maps those to

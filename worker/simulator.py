@@ -1,0 +1,561 @@
+"""A Replicate SIMULATOR: a local HTTP server speaking Replicate's prediction API and
+rendering real (synthetic) images with Pillow. No model runs; every response says so
+(header `X-Replicate-Simulator: true`, `"simulator": true` in JSON, and every log line).
+
+It stands in for Replicate in tests, benchmarks and the embedded default:
+
+    python -m worker.simulator --port 8787 --latency 1.5
+    REPLICATE_BASE_URL=http://127.0.0.1:8787/v1 REPLICATE_API_TOKEN=anything ...
+
+or in code, `BackgroundServer(create_simulator_app(SimulatorConfig(...)))`, or mounted
+inside another app (output URLs follow the mount path).
+
+API: `POST /v1/predictions` ({"version" | "model", "input"}),
+`POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions/{id}`,
+`POST /v1/predictions/{id}/cancel`, outputs at `GET /files/{id}.{ext}` (no token needed,
+like replicate.delivery). Honours `Prefer: wait=N` and `Cancel-After`. Controls:
+`GET /_simulator/stats`, `POST /_simulator/reset`, `GET|POST /_simulator/config`.
+Inputs are validated per model family (worker.models' table): 422 like Replicate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import io
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+import structlog
+from PIL import Image, ImageDraw
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.models import FLUX_SCHNELL_RATIOS, family_for, output_size
+
+log = structlog.get_logger(__name__).bind(simulator=True)
+
+MAX_WAIT_SECONDS = 60
+MAX_SIDE = 8192
+
+# Public version hashes of the seeded models (sql/0003_models.sql) -> their model.
+KNOWN_VERSIONS = {
+    "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637": (
+        "bytedance/sdxl-lightning-4step"
+    ),
+    "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b": "stability-ai/sdxl",
+    "a45f82a1382bed5c7aeb861dac7c7d191b0fdf74d8d57c4a0e6ed7d4d0bf7d24": (
+        "playgroundai/playground-v2.5-1024px-aesthetic"
+    ),
+}
+
+
+@dataclass
+class SimulatorConfig:
+    latency_seconds: float = 0.5  # created -> succeeded
+    failure_rate: float = 0.0  # share of predictions ending `failed`
+    server_error_rate: float = 0.0  # share of API calls answered 5xx
+    rate_limit_rate: float = 0.0  # share of API calls answered 429
+    retry_after_seconds: int = 1  # the 429's Retry-After
+    output_ttl_seconds: float = 3600.0  # then the output URL answers 404
+    seed: int | None = None  # reproducible randomness
+    unknown_models: tuple[str, ...] = ()  # owner/name answered 404 on create
+    versions: dict[str, str] = field(default_factory=lambda: dict(KNOWN_VERSIONS))
+
+
+# What each family requires and allows, as Replicate's model schemas would say.
+@dataclass(frozen=True)
+class _Schema:
+    required: tuple[str, ...]
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    native_format: str = "webp"  # when the input has no output_format
+    list_output: bool = False
+
+
+_WH = ("prompt", "width", "height")
+_AR = ("prompt", "aspect_ratio")
+_SCHEMAS = {
+    "flux-schnell": _Schema(
+        _AR,
+        choices={"aspect_ratio": FLUX_SCHNELL_RATIOS},
+        ranges={"num_inference_steps": (1, 4), "num_outputs": (1, 4)},
+        list_output=True,
+    ),
+    "flux-dev": _Schema(_WH, ranges={"num_inference_steps": (1, 50)}, list_output=True),
+    "ideogram": _Schema(_AR, native_format="png"),
+    "imagen": _Schema(_AR, native_format="png"),
+    "sdxl-lightning": _Schema(_WH, ranges={"num_inference_steps": (1, 10)}, list_output=True),
+    "sdxl": _Schema(_WH, ranges={"num_inference_steps": (1, 500)}, list_output=True),
+    "seedream-4": _Schema(
+        (*_WH, "size", "aspect_ratio"),
+        choices={"size": ("1K", "2K", "4K", "custom")},
+        ranges={"max_images": (1, 15)},
+        native_format="jpg",
+        list_output=True,
+    ),
+    "seedream": _Schema(_WH, native_format="jpg"),
+    "flux-1.1-pro": _Schema(_AR),
+    "recraft-v3-svg": _Schema(_WH, choices={"output_format": ("svg",)}),
+    "recraft": _Schema(("prompt", "size")),
+    "stable-diffusion-3.5": _Schema((*_AR, "cfg", "steps")),
+    "qwen": _Schema(_AR),
+    "default": _Schema(_WH, native_format="png"),
+}
+_RATIO = re.compile(r"^[1-9][0-9]*:[1-9][0-9]*$")
+_SIZE = re.compile(r"^[1-9][0-9]*x[1-9][0-9]*$")
+_FORMATS = {"webp": "WEBP", "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "svg": "SVG"}
+_MEDIA = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg", "svg": "image/svg+xml"}
+
+
+class _InvalidInput(Exception):
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__("; ".join(fields))
+        self.fields = fields
+
+
+def validate_input(model: str, replicate_input: Any) -> None:
+    """Raise _InvalidInput listing every problem, like Replicate's 422."""
+    if not isinstance(replicate_input, dict):
+        raise _InvalidInput(["input: must be an object"])
+    schema = _SCHEMAS[family_for(model).name]
+    problems = [f"{key}: is required" for key in schema.required if key not in replicate_input]
+    prompt = replicate_input.get("prompt")
+    if "prompt" in replicate_input and (not isinstance(prompt, str) or not prompt.strip()):
+        problems.append("prompt: must be a non-empty string")
+    for key, allowed in schema.choices.items():
+        if key in replicate_input and replicate_input[key] not in allowed:
+            problems.append(f"{key}: must be one of {', '.join(map(str, allowed))}")
+    ranges = {"width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "seed": (-(2**63), 2**63)}
+    for key, (low, high) in (ranges | dict(schema.ranges)).items():
+        value = replicate_input.get(key)
+        if key in replicate_input and (
+            not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
+        ):
+            problems.append(f"{key}: must be an integer from {low} to {high}")
+    patterns = (("aspect_ratio", _RATIO, "W:H"), ("size", _SIZE, "WxH"))
+    for key, pattern, shape in patterns:
+        value = replicate_input.get(key)
+        if key in replicate_input and key not in schema.choices and not pattern.match(str(value)):
+            problems.append(f"{key}: must look like {shape}")
+    if replicate_input.get("output_format", "webp") not in _FORMATS:
+        problems.append("output_format: must be webp, png or jpg")
+    if not problems:
+        width, height = output_size(model, replicate_input)
+        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+            problems.append(f"size: {width}x{height} is larger than {MAX_SIDE} on a side")
+    if problems:
+        raise _InvalidInput(problems)
+
+
+def output_extension(model: str, replicate_input: Mapping[str, Any]) -> str:
+    fmt = str(
+        replicate_input.get("output_format") or _SCHEMAS[family_for(model).name].native_format
+    )
+    return "jpg" if fmt == "jpeg" else fmt
+
+
+def render_image(width: int, height: int, ext: str, prompt: str, seed: int) -> bytes:
+    """A real image of the given size and format: shapes from the seed, a label."""
+    rng = random.Random(seed)
+    background = tuple(rng.randrange(40, 200) for _ in range(3))
+    label = f"SIMULATOR {width}x{height}: {prompt[:60]}"
+    if ext == "svg":
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}"><!-- Replicate simulator -->'
+            f'<rect width="{width}" height="{height}" fill="rgb{background}"/>'
+            f'<circle cx="{width // 2}" cy="{height // 2}" r="{min(width, height) // 3}" '
+            f'fill="white" fill-opacity="0.5"/>'
+            f'<text x="10" y="30" font-size="20">{escape(label)}</text></svg>'
+        ).encode()
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randrange(1, max(2, min(width, height) // 3))
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    draw.text((10, 10), label, fill=(255, 255, 255))
+    out = io.BytesIO()
+    options: dict[str, Any] = {
+        "webp": {"quality": 90, "method": 0},
+        "png": {"compress_level": 1},
+        "jpg": {"quality": 90},
+    }[ext]
+    image.save(out, format=_FORMATS[ext], **options)
+    return out.getvalue()
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _Prediction:
+    id: str
+    model: str
+    version: str | None
+    input: dict[str, Any]
+    created: float  # monotonic, for the timeline
+    created_wall: float  # epoch seconds, for the timestamps
+    done_at: float
+    fails: bool
+    cancel_at: float | None
+    ext: str
+    canceled_at: float | None = None
+
+    def ends_at(self) -> float:
+        """When it stops running: done, or canceled (by request or Cancel-After) first."""
+        return min(t for t in (self.done_at, self.canceled_at, self.cancel_at) if t is not None)
+
+    def status(self, now: float) -> str:
+        end = self.ends_at()
+        if now < end:
+            return "starting" if now < (self.created + self.done_at) / 2 else "processing"
+        if end < self.done_at:
+            return "canceled"
+        return "failed" if self.fails else "succeeded"
+
+
+def parse_duration(value: str) -> float | None:
+    """Cancel-After values such as "30s", "5m", "1h30m" or a bare number of seconds."""
+    value = value.strip().lower()
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
+        return float(value)
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def parse_prefer_wait(value: str | None) -> float | None:
+    if not value:
+        return None
+    match = re.search(r"\bwait(?:\s*=\s*([0-9]+))?", value)
+    if not match:
+        return None
+    return float(min(MAX_WAIT_SECONDS, int(match.group(1) or MAX_WAIT_SECONDS)))
+
+
+def _error(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"title": title, "detail": detail, "status": status, "simulator": True} | extra
+    return JSONResponse(body, status_code=status)
+
+
+class _Simulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = random.Random(self.config.seed)
+        self.predictions: dict[str, _Prediction] = {}
+        self.counters: Counter[str] = Counter()
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        statuses = Counter(p.status(now) for p in self.predictions.values())
+        return {
+            "simulator": True,
+            "predictions_created": len(self.predictions),
+            "statuses": dict(statuses),
+            **{name: self.counters[name] for name in _COUNTERS},
+        }
+
+    def create(
+        self,
+        model: str,
+        version: str | None,
+        replicate_input: dict[str, Any],
+        cancel_after: float | None,
+    ) -> _Prediction:
+        now = time.monotonic()
+        config = self.config
+        prediction_id = f"sim{uuid.UUID(int=self.rng.getrandbits(128)).hex[:23]}"
+        prediction = _Prediction(
+            id=prediction_id,
+            model=model,
+            version=version,
+            input=replicate_input,
+            created=now,
+            created_wall=time.time(),
+            done_at=now + config.latency_seconds,
+            fails=self.rng.random() < config.failure_rate,
+            cancel_at=None if cancel_after is None else now + cancel_after,
+            ext=output_extension(model, replicate_input),
+        )
+        self.predictions[prediction_id] = prediction
+        return prediction
+
+    def to_json(self, prediction: _Prediction, base: str) -> dict[str, Any]:
+        now = time.monotonic()
+        status = prediction.status(now)
+        output: Any = None
+        if status == "succeeded":
+            url = f"{base}/files/{prediction.id}.{prediction.ext}"
+            output = [url] if _SCHEMAS[family_for(prediction.model).name].list_output else url
+        ended = status in ("succeeded", "failed", "canceled")
+        run_time = prediction.ends_at() - prediction.created
+        return {
+            "id": prediction.id,
+            "model": prediction.model,
+            "version": prediction.version or "",
+            "input": prediction.input,
+            "logs": "Replicate simulator: no model was run.\n",
+            "output": output,
+            "error": "Simulated failure (failure_rate)" if status == "failed" else None,
+            "status": status,
+            "data_removed": ended and now > prediction.done_at + self.config.output_ttl_seconds,
+            "created_at": _iso(prediction.created_wall),
+            "started_at": _iso(prediction.created_wall),
+            "completed_at": _iso(prediction.created_wall + run_time) if ended else None,
+            "metrics": {"predict_time": round(run_time, 3)} if ended else {},
+            "urls": {
+                "get": f"{base}/v1/predictions/{prediction.id}",
+                "cancel": f"{base}/v1/predictions/{prediction.id}/cancel",
+            },
+            "simulator": True,
+        }
+
+
+_COUNTERS = (
+    "api_requests",
+    "rate_limited",
+    "server_errors",
+    "unauthorized",
+    "invalid_inputs",
+    "cancel_requests",
+    "downloads",
+    "expired_downloads",
+)
+
+
+def _base_url(request: Request) -> str:
+    """The simulator's own root, mount path included, so output URLs work when mounted."""
+    url = request.url
+    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
+    sim = _Simulator(config or SimulatorConfig())
+
+    def api(handler: Handler) -> Handler:
+        """Token check, then the rate-limit and server-error knobs, then the handler."""
+
+        async def endpoint(request: Request) -> Response:
+            sim.counters["api_requests"] += 1
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                sim.counters["unauthorized"] += 1
+                return _error(401, "Unauthenticated", "You did not pass a valid token")
+            if sim.rng.random() < sim.config.rate_limit_rate:
+                sim.counters["rate_limited"] += 1
+                log.info("simulated 429", path=request.url.path)
+                response = _error(429, "Too Many Requests", "Request was throttled (simulated)")
+                response.headers["Retry-After"] = str(sim.config.retry_after_seconds)
+                return response
+            if sim.rng.random() < sim.config.server_error_rate:
+                sim.counters["server_errors"] += 1
+                log.info("simulated 5xx", path=request.url.path)
+                return _error(503, "Service Unavailable", "Simulated server error")
+            return await handler(request)
+
+        return endpoint
+
+    async def create(request: Request, model: str | None) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Bad Request", "The body must be JSON")
+        if not isinstance(body, dict):
+            return _error(400, "Bad Request", "The body must be a JSON object")
+        version = None
+        if model is None:
+            reference = str(body.get("version") or body.get("model") or "")
+            model, _, version = reference.rpartition(":") if ":" in reference else ("", "", "")
+            if not model and "/" in reference:
+                model = reference
+            elif not model and reference:
+                version = reference
+                # Unknown versions run as the generic family (a simulator is lenient).
+                model = sim.config.versions.get(reference, f"unknown/version-{reference[:12]}")
+            if not model:
+                return _error(422, "Invalid version", "version or model is required")
+        if model in sim.config.unknown_models:
+            return _error(404, "Not found", "The requested resource could not be found.")
+        replicate_input = body.get("input")
+        try:
+            validate_input(model, replicate_input)
+        except _InvalidInput as exc:
+            sim.counters["invalid_inputs"] += 1
+            log.info("simulated 422", model=model, problems=exc.fields)
+            return _error(
+                422,
+                "Input validation failed",
+                "\n".join(f"- {field}" for field in exc.fields),
+                invalid_fields=[{"field": f.split(":")[0], "description": f} for f in exc.fields],
+            )
+        cancel_after = parse_duration(request.headers.get("cancel-after", ""))
+        assert isinstance(replicate_input, dict)  # validate_input checked it
+        prediction = sim.create(model, version or None, replicate_input, cancel_after)
+        log.info("simulated prediction created", prediction_id=prediction.id, model=model)
+        wait = parse_prefer_wait(request.headers.get("prefer"))
+        if wait:
+            remaining = min(prediction.ends_at() - time.monotonic(), wait)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        return JSONResponse(sim.to_json(prediction, _base_url(request)), status_code=201)
+
+    async def create_versioned(request: Request) -> Response:
+        return await create(request, None)
+
+    async def create_for_model(request: Request) -> Response:
+        return await create(
+            request, f"{request.path_params['owner']}/{request.path_params['name']}"
+        )
+
+    def _find(request: Request) -> _Prediction:
+        prediction = sim.predictions.get(request.path_params["prediction_id"])
+        if prediction is None:
+            raise HTTPException(404, "The requested resource could not be found.")
+        return prediction
+
+    async def get_prediction(request: Request) -> Response:
+        return JSONResponse(sim.to_json(_find(request), _base_url(request)))
+
+    async def cancel_prediction(request: Request) -> Response:
+        sim.counters["cancel_requests"] += 1
+        prediction = _find(request)
+        now = time.monotonic()
+        if prediction.status(now) in ("starting", "processing"):
+            prediction.canceled_at = now
+            log.info("simulated prediction canceled", prediction_id=prediction.id)
+        return JSONResponse(sim.to_json(prediction, _base_url(request)))
+
+    async def download(request: Request) -> Response:
+        sim.counters["downloads"] += 1
+        stem, _, ext = request.path_params["filename"].partition(".")
+        prediction = sim.predictions.get(stem)
+        now = time.monotonic()
+        if prediction is None or ext != prediction.ext or prediction.status(now) != "succeeded":
+            raise HTTPException(404, "No such file")
+        if now > prediction.done_at + sim.config.output_ttl_seconds:
+            sim.counters["expired_downloads"] += 1
+            raise HTTPException(404, "This output has expired (simulated output_ttl_seconds)")
+        width, height = output_size(prediction.model, prediction.input)
+        seed = int(hashlib.sha256(prediction.id.encode()).hexdigest()[:8], 16)
+        prompt = str(prediction.input.get("prompt", ""))
+        content = await asyncio.to_thread(render_image, width, height, ext, prompt, seed)
+        return Response(content, media_type=_MEDIA[ext])
+
+    async def stats(_request: Request) -> Response:
+        return JSONResponse(sim.stats())
+
+    async def reset(_request: Request) -> Response:
+        sim.reset()
+        log.info("simulator reset")
+        return JSONResponse(sim.stats())
+
+    async def configure(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                changes = await request.json()
+                names = {f.name for f in dataclasses.fields(SimulatorConfig)}
+                unknown = set(changes) - names
+                if unknown:
+                    return _error(400, "Bad Request", f"unknown settings: {sorted(unknown)}")
+                sim.config = dataclasses.replace(sim.config, **changes)
+            except (ValueError, TypeError) as exc:
+                return _error(400, "Bad Request", f"invalid settings: {exc}")
+            if "seed" in changes:
+                sim.rng = random.Random(sim.config.seed)
+            log.info("simulator configured", **changes)
+        return JSONResponse({"simulator": True, **dataclasses.asdict(sim.config)})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "Internal error"
+        return _error(status, "Not found" if status == 404 else "Error", str(detail))
+
+    routes = [
+        Route("/v1/predictions", api(create_versioned), methods=["POST"]),
+        Route("/v1/models/{owner}/{name}/predictions", api(create_for_model), methods=["POST"]),
+        Route("/v1/predictions/{prediction_id}", api(get_prediction), methods=["GET"]),
+        Route("/v1/predictions/{prediction_id}/cancel", api(cancel_prediction), methods=["POST"]),
+        Route("/files/{filename}", download, methods=["GET"]),
+        Route("/_simulator/stats", stats, methods=["GET"]),
+        Route("/_simulator/reset", reset, methods=["POST"]),
+        Route("/_simulator/config", configure, methods=["GET", "POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_SimulatorHeader)],
+        exception_handlers={HTTPException: not_found},
+    )
+    app.state.simulator = sim
+    return app
+
+
+class _SimulatorHeader:
+    """Every response, errors included, carries `X-Replicate-Simulator: true`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_labelled(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-replicate-simulator", b"true"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_labelled if scope["type"] == "http" else send)
+
+
+def run_simulator(
+    host: str = "127.0.0.1", port: int = 8787, config: SimulatorConfig | None = None
+) -> None:
+    import uvicorn
+
+    log.warning("starting the Replicate SIMULATOR (no real model is called)", host=host, port=port)
+    uvicorn.run(create_simulator_app(config), host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the Replicate simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--latency", type=float, default=0.5, help="seconds per prediction")
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    config = SimulatorConfig(
+        latency_seconds=args.latency, failure_rate=args.failure_rate, seed=args.seed
+    )
+    run_simulator(args.host, args.port, config)
+
+
+if __name__ == "__main__":
+    main()
