@@ -10,7 +10,7 @@ PG_BIN := /usr/lib/postgresql/15/bin
 PG_LIB := /usr/lib/postgresql/15/lib
 APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv
 
-.PHONY: test lint typecheck pytest system-deps venv clean
+.PHONY: test lint typecheck pytest torture system-deps venv clean
 
 test: system-deps venv lint typecheck pytest
 
@@ -23,6 +23,10 @@ typecheck: venv
 
 pytest: system-deps venv
 	$(BIN)/pytest -q
+
+# The reliability tests at full size (bounded, loopback only), with a summary table.
+torture: system-deps venv
+	IMAGEGEN_TORTURE=full $(BIN)/pytest -q -m torture
 
 # Installs the Debian packages only when one of their files is missing.
 system-deps:

@@ -9,7 +9,22 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.pg import Server, fresh_database, prepare_template, start_server
+from tests.torture import TortureReport
 from worker.migrate import migrate
+
+_REPORT = TortureReport()
+
+
+@pytest.fixture(scope="session")
+def torture_report() -> TortureReport:
+    """Rows for the summary table printed at the end of the run (see tests/torture.py)."""
+    return _REPORT
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if table := _REPORT.table():
+        terminalreporter.write_sep("=", "torture")
+        terminalreporter.write_line(table)
 
 
 @pytest.fixture(scope="session")
