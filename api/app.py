@@ -54,10 +54,15 @@ QUEUE_DEPTH = Gauge(
 class ClientError(Exception):
     """Answered as {"error": message} with `status`; never logged as a fault."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
+
+
+# Admission control's refusals (sql/0011_admission.sql): SQLSTATE -> (status, Retry-After).
+REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
 
 
 class GenerationBody(BaseModel):
@@ -148,6 +153,9 @@ def _service(request: Request) -> Service:
 def _database_failure(exc: DatabaseError | GatewayUnavailable) -> ClientError:
     if isinstance(exc, DatabaseError) and exc.is_invalid_input:
         return ClientError(400, exc.message)
+    if isinstance(exc, DatabaseError) and exc.sqlstate in REFUSALS:
+        status, retry_after = REFUSALS[exc.sqlstate]
+        return ClientError(status, exc.message, {"Retry-After": retry_after})
     log.error("database call failed", error=str(exc))
     return ClientError(503, "The service is temporarily unavailable, please retry")
 
@@ -415,7 +423,7 @@ def create_app(
 
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, exc: ClientError) -> Response:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -161,6 +161,8 @@ begin
         p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
         p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
     );
+    -- Too much active work (this user's, or everyone's): refused with nothing written.
+    perform admit_generation(p_user_id);  -- sql/0011_admission.sql
 
     insert into image_generations (
         user_id, prompt, negative_prompt, model, model_id, style, width, height, steps,

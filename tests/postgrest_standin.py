@@ -298,6 +298,8 @@ def _failure(exc: psycopg.Error, role: str) -> PostgrestFailure:
     code = exc.sqlstate or "XX000"
     if code == "42501":
         status = 401 if role == "anon" else 403
+    elif code.startswith("PT") and code[2:].isdigit():
+        status = int(code[2:])  # PostgREST: SQLSTATE PTxyz answers HTTP xyz
     else:
         status = _EXACT_STATUS.get(code) or _CLASS_STATUS.get(code[:2], 400)
     return PostgrestFailure(

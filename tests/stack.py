@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.routing import Mount
+from starlette.types import ASGIApp
 
 from api.background_server import BackgroundServer
 from api.storage_server import create_storage_app
@@ -65,16 +66,21 @@ class Stack:
 
 @contextlib.contextmanager
 def run_stack(
-    database_url: str, storage_root: Path, simulator: SimulatorConfig | None = None
+    database_url: str,
+    storage_root: Path,
+    simulator: SimulatorConfig | None = None,
+    storage_middleware: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> Iterator[Stack]:
+    """`storage_middleware` wraps the Storage stand-in (fault injection stays in tests)."""
     key = secrets.token_urlsafe(24)
+    storage = create_storage_app(storage_root, key)
     app = Starlette(
         routes=[
             Mount(
                 "/replicate",
                 create_simulator_app(simulator or SimulatorConfig(latency_seconds=0.05)),
             ),
-            Mount("/storage/v1", create_storage_app(storage_root, key)),
+            Mount("/storage/v1", storage_middleware(storage) if storage_middleware else storage),
             Mount("/rest/v1", create_postgrest_app(database_url)),
         ]
     )

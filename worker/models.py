@@ -431,9 +431,13 @@ def output_format(model_id: str, output_url: str) -> str:
 
 
 def first_output_url(output: Any) -> str | None:
-    """Replicate outputs are a URL, a list of them, or an object with `url`."""
+    """Replicate outputs are a URL, a list of them, or an object with `url`. Anything
+    else (a caption, a number, a file: or data: URI) is no image we can fetch: None."""
     if isinstance(output, list):
         output = output[0] if output else None
     if isinstance(output, Mapping):
         output = output.get("url")
-    return output if isinstance(output, str) and output else None
+    if not isinstance(output, str):
+        return None
+    parts = urlsplit(output.strip())
+    return output.strip() if parts.scheme in ("http", "https") and parts.netloc else None

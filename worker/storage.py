@@ -6,8 +6,11 @@ call has an explicit timeout. Works against Supabase and against `api.storage_se
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import random
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,9 +33,16 @@ class StorageError(Exception):
 
 class SupabaseStorage:
     def __init__(
-        self, supabase_url: str, service_role_key: str, bucket: str, *, timeout: float
+        self,
+        supabase_url: str,
+        service_role_key: str,
+        bucket: str,
+        *,
+        timeout: float,
+        upload_attempts: int = 3,
     ) -> None:
         self._base = supabase_url.rstrip("/") + "/storage/v1"
+        self.upload_attempts = max(1, upload_attempts)
         self._key = service_role_key
         self.bucket = bucket
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
@@ -43,14 +53,25 @@ class SupabaseStorage:
         return f"{self._base}/object/public/{quote(self.bucket)}/{quote(path.lstrip('/'))}"
 
     async def upload(self, path: str, source: Path | BinaryIO, content_type: str) -> None:
-        """Store the whole of `source` at `path` (overwriting), streamed from its file."""
+        """Store the whole of `source` at `path` (overwriting), streamed from its file.
+        A transient failure (5xx, 429, timeout, network) is tried again from the start of
+        the file, up to `upload_attempts` in all: with upsert, a resend is harmless."""
         options: Any = {"content-type": content_type, "upsert": "true"}
-        with ExitStack() as stack:
-            body = _uploadable(source, stack)
-            try:
-                await self._client.from_(self.bucket).upload(path, body, options)
-            except Exception as exc:
-                raise self._error("upload", path, exc) from exc
+        rewind = _rewinder(source)
+        attempts = self.upload_attempts if rewind else 1
+        for attempt in range(1, attempts + 1):
+            if rewind:
+                rewind()
+            with ExitStack() as stack:
+                body = _uploadable(source, stack)
+                try:
+                    await self._client.from_(self.bucket).upload(path, body, options)
+                    return
+                except Exception as exc:
+                    error = self._error("upload", path, exc)
+                    if not error.retryable or attempt == attempts:
+                        raise error from exc
+            await asyncio.sleep(0.25 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
 
     async def exists(self, path: str) -> bool:
         try:
@@ -66,6 +87,16 @@ class SupabaseStorage:
         # The key must never reach a log line, even if a server echoes it back.
         reason = (reason.replace(self._key, "***") if self._key else reason)[:500]
         return StorageError(f"Storage {action} of {path} failed: {reason}", retryable=retryable)
+
+
+def _rewinder(source: Path | BinaryIO) -> Callable[[], object] | None:
+    """How to send `source` again from where it starts now; None when it cannot be."""
+    if isinstance(source, Path):
+        return lambda: None
+    if not source.seekable():
+        return None
+    start = source.tell()
+    return lambda: source.seek(start)
 
 
 def _uploadable(source: Path | BinaryIO, stack: ExitStack) -> Path | io.BufferedReader | bytes:
