@@ -298,3 +298,57 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+async def test_list_predictions_pages_newest_first(
+    replicate: ReplicateClient, control: httpx.Client
+) -> None:
+    configure(control, page_size=2)
+    created = [
+        await replicate.create_prediction(
+            *request_for(dataclasses.replace(PARAMS, prompt=f"fox {i}")), wait_seconds=None
+        )
+        for i in range(3)
+    ]
+    first = await replicate.list_predictions()
+    assert [p.id for p in first.predictions] == [created[2].id, created[1].id]
+    assert first.predictions[0].input == build_replicate_input(
+        dataclasses.replace(PARAMS, prompt="fox 2"), None
+    )
+    assert first.predictions[0].model == PARAMS.model_id
+    assert first.predictions[0].created is not None and first.predictions[0].created.tzinfo
+    assert first.next_cursor is not None
+    last = await replicate.list_predictions(first.next_cursor)
+    assert [p.id for p in last.predictions] == [created[0].id]
+    assert last.next_cursor is None
+
+
+async def test_list_predictions_is_retried_on_5xx(
+    replicate: ReplicateClient, control: httpx.Client
+) -> None:
+    await replicate.create_prediction(*request_for(), wait_seconds=None)
+    configure(control, server_error_rate=1.0)
+    listing = asyncio.create_task(replicate.list_predictions())
+    await asyncio.sleep(0.1)
+    await asyncio.to_thread(configure, control, server_error_rate=0.0)
+    assert len((await listing).predictions) == 1
+    assert stats(control)["server_errors"] >= 1
+
+
+async def test_list_predictions_sends_the_token_only_to_our_base_url() -> None:
+    """`next` may name any host: only its cursor is used, against our own base URL."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def listing(request: Request) -> JSONResponse:
+        cursor = request.query_params.get("cursor")
+        seen.append((request.headers.get("authorization", ""), cursor))
+        after = None if cursor else "https://elsewhere.example/v1/predictions?cursor=c%2F2"
+        return JSONResponse({"next": after, "previous": None, "results": []})
+
+    app = Starlette(routes=[Route("/v1/predictions", listing, methods=["GET"])])
+    with BackgroundServer(app) as server:
+        async with ReplicateClient(f"{server.url}/v1", TOKEN, timeout=5) as client:
+            page = await client.list_predictions()
+            assert page.next_cursor == "c/2"
+            assert (await client.list_predictions(page.next_cursor)).next_cursor is None
+    assert seen == [(f"Bearer {TOKEN}", None), (f"Bearer {TOKEN}", "c/2")]

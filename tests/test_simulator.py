@@ -253,3 +253,34 @@ def test_output_urls_follow_the_mount_path() -> None:
         url = output_url(prediction)
         assert url.startswith(f"{server.url}/replicate/files/")
         assert http.get(url).status_code == 200
+
+
+def test_lists_predictions_newest_first_by_cursor(client: httpx.Client) -> None:
+    configure(client, page_size=2)
+    created = [
+        generate(client, GenerationParams(prompt=f"p{i}", model_id="a/b", width=8, height=8))
+        for i in range(5)
+    ]
+    first = client.get("/v1/predictions").json()
+    assert [p["id"] for p in first["results"]] == [created[4]["id"], created[3]["id"]]
+    assert first["results"][0]["input"] == created[4]["input"]
+    assert {"id", "status", "created_at", "input", "model", "version", "urls"} <= set(
+        first["results"][0]
+    )
+    # A prediction created meanwhile does not shift the pages that follow.
+    generate(client, GenerationParams(prompt="late", model_id="a/b", width=8, height=8))
+    ids, page = [p["id"] for p in first["results"]], first
+    while page["next"]:
+        assert page["next"].startswith(str(client.base_url).rstrip("/") + "/v1/predictions?")
+        page = client.get(page["next"]).json()
+        ids += [p["id"] for p in page["results"]]
+    assert ids == [p["id"] for p in reversed(created)]
+    assert client.get("/_simulator/stats").json()["list_requests"] == 3
+
+
+def test_fail_prompts_fails_exactly_those(client: httpx.Client) -> None:
+    configure(client, fail_prompts=["[doomed]"])
+    doomed = generate(client, GenerationParams(prompt="a [doomed] cat", model_id="a/b"))
+    fine = generate(client, GenerationParams(prompt="a cat", model_id="a/b"))
+    assert doomed["status"] == "failed" and "fail_prompts" in doomed["error"]
+    assert fine["status"] == "succeeded"

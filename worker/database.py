@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -44,6 +45,13 @@ class Job:
 
 def _uuid(value: Any) -> uuid.UUID | None:
     return None if value is None else uuid.UUID(str(value))
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A timestamptz as either gateway returns it: a datetime (psycopg) or ISO text (PostgREST)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 class Database:
@@ -149,9 +157,16 @@ class Database:
         rows = await self._rows("begin_generation", p_job_id=job_id, p_worker_id=worker_id)
         return rows[0] if rows else None
 
+    async def request_prediction(self, job_id: uuid.UUID, worker_id: str) -> datetime | None:
+        """Record the intent to create a prediction; None when the job is no longer ours."""
+        return as_datetime(
+            await self._scalar("request_prediction", p_job_id=job_id, p_worker_id=worker_id)
+        )
+
     async def record_prediction(
         self, job_id: uuid.UUID, worker_id: str, prediction_id: str
     ) -> bool:
+        """False when the job is no longer ours or another generation holds the prediction."""
         return bool(
             await self._scalar(
                 "record_prediction",

@@ -4,14 +4,17 @@ run a Replicate prediction for a set of parameters, and store its output."""
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import structlog
 
-from worker.errors import PermanentJobError
+from worker.errors import JobError, PermanentJobError
 from worker.images import ImageInfo, inspect_image
 from worker.models import (
     CONTENT_TYPES,
@@ -32,6 +35,32 @@ log = structlog.get_logger(__name__)
 
 # Resumable predictions: anything else (failed, canceled) needs a new one.
 _LIVE = {"starting", "processing", "succeeded"}
+# An unsaved prediction is looked for among those created since the intent, less this
+# much for the difference between Replicate's clock and the database's.
+ADOPTION_SLACK = timedelta(seconds=60)
+# At Replicate's 100 a page: how far back the search goes before creating anew.
+ADOPTION_MAX_PAGES = 20
+
+
+class PredictionLedger(Protocol):
+    """Where a job keeps its prediction (the generation row), so no retry pays twice."""
+
+    async def intend(self) -> None:
+        """Durably note that a prediction is about to be created; raises when the job is
+        no longer ours (nothing may be created then)."""
+        ...
+
+    async def save(self, prediction_id: str) -> bool:
+        """Save the prediction as the generation's; False when the job is no longer ours or
+        another generation holds that prediction."""
+        ...
+
+
+class PredictionNotSaved(JobError):
+    """The new prediction's id could not be saved; a retry finds it, or another, to adopt."""
+
+    def __init__(self) -> None:
+        super().__init__("The job was interrupted before saving its prediction; retrying")
 
 
 @dataclass(frozen=True)
@@ -58,10 +87,14 @@ async def run_prediction(
     settings: Settings,
     *,
     resume_id: str | None = None,
-    on_created: Callable[[str], Awaitable[None]] | None = None,
+    requested_at: datetime | None = None,
+    ledger: PredictionLedger | None = None,
 ) -> PredictionResult:
-    """Resume `resume_id` if it is still usable, else create (and pay for) a prediction,
-    report its id through `on_created` before waiting, then wait for its output."""
+    """Resume `resume_id` if it is still usable; else adopt the prediction an earlier
+    attempt created (after `requested_at`, its recorded intent) but died before saving;
+    else create (and pay for) one. With a `ledger` the intent is recorded before creating
+    and the id saved before polling; the create itself may wait (`Prefer: wait`) before
+    the id is known, a window the adoption covers. Then wait for the output."""
     started = time.monotonic()
     prediction: Prediction | None = None
     if resume_id:
@@ -75,20 +108,14 @@ async def run_prediction(
                 timeout=settings.http_timeout_seconds,
             )
         path, body = prediction_request(params, build_replicate_input(params, image))
-
-        async def create() -> Prediction:
-            created = await replicate.create_prediction(
-                path,
-                body,
-                wait_seconds=settings.replicate_wait_seconds or None,
-                cancel_after_seconds=settings.prediction_timeout_seconds,
+        if ledger is not None and requested_at is not None:
+            prediction = await _adopt(replicate, params, body, requested_at, ledger)
+        if prediction is None:
+            if ledger is not None:
+                await ledger.intend()
+            prediction = await _finish_even_if_cancelled(
+                _create(replicate, settings, path, body, ledger)
             )
-            log.info("prediction created", prediction_id=created.id, status=created.status)
-            if on_created is not None:
-                await on_created(created.id)
-            return created
-
-        prediction = await _finish_even_if_cancelled(create())
     prediction = await replicate.wait_for_prediction(
         prediction, deadline_seconds=settings.prediction_timeout_seconds + 30
     )
@@ -104,6 +131,65 @@ async def run_prediction(
         height=height,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+async def _create(
+    replicate: ReplicateClient,
+    settings: Settings,
+    path: str,
+    body: dict[str, Any],
+    ledger: PredictionLedger | None,
+) -> Prediction:
+    created = await replicate.create_prediction(
+        path,
+        body,
+        wait_seconds=settings.replicate_wait_seconds or None,
+        cancel_after_seconds=settings.prediction_timeout_seconds,
+    )
+    log.info("prediction created", prediction_id=created.id, status=created.status)
+    if ledger is not None and not await ledger.save(created.id):
+        raise PredictionNotSaved()
+    return created
+
+
+async def _adopt(
+    replicate: ReplicateClient,
+    params: GenerationParams,
+    body: dict[str, Any],
+    requested_at: datetime,
+    ledger: PredictionLedger,
+) -> Prediction | None:
+    """The live prediction with exactly this request, created since the intent, saved as
+    ours; None when there is none. Candidates another generation holds (identical input)
+    are skipped: the ledger refuses them."""
+    since = requested_at - ADOPTION_SLACK
+    wanted = json.loads(json.dumps(body["input"]))
+    cursor: str | None = None
+    for _ in range(ADOPTION_MAX_PAGES):
+        page = await replicate.list_predictions(cursor)
+        for candidate in page.predictions:
+            created = candidate.created
+            if created is not None and created < since:
+                return None
+            if (
+                candidate.status in _LIVE
+                and _same_model(candidate, params)
+                and candidate.input == wanted
+                and await ledger.save(candidate.id)
+            ):
+                log.info("adopted an unsaved prediction", prediction_id=candidate.id)
+                return candidate
+        cursor = page.next_cursor
+        if cursor is None:
+            return None
+    log.warning("no prediction to adopt in the pages searched", pages=ADOPTION_MAX_PAGES)
+    return None
+
+
+def _same_model(prediction: Prediction, params: GenerationParams) -> bool:
+    if params.model_version:
+        return prediction.version == params.model_version.rpartition(":")[2]
+    return prediction.model == params.model_id
 
 
 async def _resumable(replicate: ReplicateClient, prediction_id: str) -> Prediction | None:

@@ -15,6 +15,7 @@ import email.utils
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -98,6 +99,9 @@ class Prediction:
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str | None = None
     completed_at: str | None = None
+    input: Any = field(default=None, repr=False)
+    model: str | None = None
+    version: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -117,8 +121,28 @@ class Prediction:
             metrics=data.get("metrics") or {},
             created_at=data.get("created_at"),
             completed_at=data.get("completed_at"),
+            input=data.get("input"),
+            model=data.get("model") or None,
+            version=data.get("version") or None,
             raw=data,
         )
+
+    @property
+    def created(self) -> datetime | None:
+        """`created_at` as a datetime, or None when missing or unreadable."""
+        try:
+            created = datetime.fromisoformat(str(self.created_at)) if self.created_at else None
+        except ValueError:
+            return None
+        return created.replace(tzinfo=UTC) if created and not created.tzinfo else created
+
+
+@dataclass(frozen=True)
+class PredictionPage:
+    """One page of the account's predictions, newest first; `next_cursor` None at the end."""
+
+    predictions: list[Prediction]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -150,7 +174,8 @@ def _detail(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        return response.text[:300].strip()
+        # Not Replicate's JSON but a proxy's page (HTML): no message for a user.
+        return response.reason_phrase
     if isinstance(data, dict):
         return str(data.get("detail") or data.get("title") or data.get("error") or "")[:500]
     return ""
@@ -223,6 +248,24 @@ class ReplicateClient:
                 status_code=404,
             )
         return Prediction.from_json(self._json(response))
+
+    async def list_predictions(self, cursor: str | None = None) -> PredictionPage:
+        """A page of the account's predictions, newest first (`GET /predictions`). Only the
+        cursor of `next` is kept: the token goes to our base URL, whatever host it names."""
+        path = "/predictions" + (f"?cursor={quote(cursor, safe='')}" if cursor else "")
+        response = await self._request("GET", path, idempotent=True)
+        if response.status_code == 404:
+            raise ReplicateError("Replicate has no prediction list", status_code=404)
+        data = self._json(response)
+        if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+            raise ReplicateTransientError("Replicate answered with an unreadable prediction list")
+        next_url = data.get("next")
+        next_cursor = (
+            httpx.URL(next_url).params.get("cursor") if isinstance(next_url, str) else None
+        )
+        return PredictionPage(
+            [Prediction.from_json(item) for item in data["results"]], next_cursor or None
+        )
 
     async def get_prediction(self, prediction_id: str) -> Prediction:
         return await self._existing("GET", prediction_id, "")

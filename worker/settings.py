@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_parallel_jobs: int = Field(default=3, ge=1, le=5000)
     poll_interval_seconds: float = Field(default=5.0, gt=0)
     listen_for_jobs: bool = True
-    lease_seconds: int = Field(default=120, ge=10)
+    lease_seconds: int = Field(default=120, ge=2)
     job_timeout_seconds: float = Field(default=900.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 

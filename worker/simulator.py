@@ -11,10 +11,11 @@ or in code, `BackgroundServer(create_simulator_app(SimulatorConfig(...)))`, or m
 inside another app (output URLs follow the mount path).
 
 API: `POST /v1/predictions` ({"version" | "model", "input"}),
-`POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions/{id}`,
-`POST /v1/predictions/{id}/cancel`, outputs at `GET /files/{id}.{ext}` (no token needed,
-like replicate.delivery). Honours `Prefer: wait=N` and `Cancel-After`. Controls:
-`GET /_simulator/stats`, `POST /_simulator/reset`, `GET|POST /_simulator/config`.
+`POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions` (newest first, by
+cursor), `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel`, outputs at
+`GET /files/{id}.{ext}` (no token needed, like replicate.delivery). Honours
+`Prefer: wait=N` and `Cancel-After`. Controls: `GET /_simulator/stats`,
+`POST /_simulator/reset`, `GET|POST /_simulator/config`.
 Inputs are validated per model family (worker.models' table): 422 like Replicate.
 """
 
@@ -69,13 +70,22 @@ KNOWN_VERSIONS = {
 class SimulatorConfig:
     latency_seconds: float = 0.5  # created -> succeeded
     failure_rate: float = 0.0  # share of predictions ending `failed`
+    fail_prompts: tuple[str, ...] = ()  # a prompt containing one of these always fails
     server_error_rate: float = 0.0  # share of API calls answered 5xx
     rate_limit_rate: float = 0.0  # share of API calls answered 429
     retry_after_seconds: int = 1  # the 429's Retry-After
     output_ttl_seconds: float = 3600.0  # then the output URL answers 404
     seed: int | None = None  # reproducible randomness
     unknown_models: tuple[str, ...] = ()  # owner/name answered 404 on create
+    page_size: int = 100  # predictions per page of GET /v1/predictions, as Replicate
     versions: dict[str, str] = field(default_factory=lambda: dict(KNOWN_VERSIONS))
+    # Provider faults (tests): slow or garbled answers, unusable outputs.
+    api_delay_seconds: float = 0.0  # every API call answers this much later
+    malformed_rate: float = 0.0  # share of API calls answered 200 with a non-JSON body
+    html_errors: bool = False  # 5xx answers are a proxy's HTML page, not JSON
+    output_override: Any = None  # when set, what a succeeded prediction gives as output
+    output_body: str | None = None  # served at the output URL instead of the image
+    output_content_type: str | None = None  # the output's Content-Type instead of its own
 
 
 # What each family requires and allows, as Replicate's model schemas would say.
@@ -215,7 +225,7 @@ class _Prediction:
     created: float  # monotonic, for the timeline
     created_wall: float  # epoch seconds, for the timestamps
     done_at: float
-    fails: bool
+    failure: str | None  # why it will fail, or None when it succeeds
     cancel_at: float | None
     ext: str
     canceled_at: float | None = None
@@ -230,7 +240,7 @@ class _Prediction:
             return "starting" if now < (self.created + self.done_at) / 2 else "processing"
         if end < self.done_at:
             return "canceled"
-        return "failed" if self.fails else "succeeded"
+        return "failed" if self.failure else "succeeded"
 
 
 def parse_duration(value: str) -> float | None:
@@ -289,6 +299,12 @@ class _Simulator:
         now = time.monotonic()
         config = self.config
         prediction_id = f"sim{uuid.UUID(int=self.rng.getrandbits(128)).hex[:23]}"
+        prompt = str(replicate_input.get("prompt", ""))
+        failure = None
+        if self.rng.random() < config.failure_rate:
+            failure = "Simulated failure (failure_rate)"
+        elif any(marker in prompt for marker in config.fail_prompts):
+            failure = "Simulated failure (fail_prompts)"
         prediction = _Prediction(
             id=prediction_id,
             model=model,
@@ -297,7 +313,7 @@ class _Simulator:
             created=now,
             created_wall=time.time(),
             done_at=now + config.latency_seconds,
-            fails=self.rng.random() < config.failure_rate,
+            failure=failure,
             cancel_at=None if cancel_after is None else now + cancel_after,
             ext=output_extension(model, replicate_input),
         )
@@ -311,6 +327,8 @@ class _Simulator:
         if status == "succeeded":
             url = f"{base}/files/{prediction.id}.{prediction.ext}"
             output = [url] if _SCHEMAS[family_for(prediction.model).name].list_output else url
+            if self.config.output_override is not None:
+                output = self.config.output_override
         ended = status in ("succeeded", "failed", "canceled")
         run_time = prediction.ends_at() - prediction.created
         return {
@@ -320,7 +338,7 @@ class _Simulator:
             "input": prediction.input,
             "logs": "Replicate simulator: no model was run.\n",
             "output": output,
-            "error": "Simulated failure (failure_rate)" if status == "failed" else None,
+            "error": prediction.failure if status == "failed" else None,
             "status": status,
             "data_removed": ended and now > prediction.done_at + self.config.output_ttl_seconds,
             "created_at": _iso(prediction.created_wall),
@@ -342,6 +360,7 @@ _COUNTERS = (
     "unauthorized",
     "invalid_inputs",
     "cancel_requests",
+    "list_requests",
     "downloads",
     "expired_downloads",
 )
@@ -368,6 +387,12 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
             if scheme.lower() != "bearer" or not token.strip():
                 sim.counters["unauthorized"] += 1
                 return _error(401, "Unauthenticated", "You did not pass a valid token")
+            if sim.config.api_delay_seconds > 0:
+                await request.body()  # received: the call runs even if the client gives up
+                await asyncio.sleep(sim.config.api_delay_seconds)
+            if sim.config.malformed_rate and sim.rng.random() < sim.config.malformed_rate:
+                log.info("simulated non-JSON answer", path=request.url.path)
+                return Response("<html><body>upstream garbled</body></html>", 200)
             if sim.rng.random() < sim.config.rate_limit_rate:
                 sim.counters["rate_limited"] += 1
                 log.info("simulated 429", path=request.url.path)
@@ -377,6 +402,9 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
             if sim.rng.random() < sim.config.server_error_rate:
                 sim.counters["server_errors"] += 1
                 log.info("simulated 5xx", path=request.url.path)
+                if sim.config.html_errors:
+                    page = "<html><head><title>502 Bad Gateway</title></head><body>cf</body></html>"
+                    return Response(page, 502, media_type="text/html")
                 return _error(503, "Service Unavailable", "Simulated server error")
             return await handler(request)
 
@@ -440,6 +468,25 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
             raise HTTPException(404, "The requested resource could not be found.")
         return prediction
 
+    async def list_predictions(request: Request) -> Response:
+        """Newest first, `page_size` a page; the cursor is the position after which the
+        next page starts, so predictions created meanwhile do not shift the pages."""
+        sim.counters["list_requests"] += 1
+        everything = list(sim.predictions.values())
+        cursor = request.query_params.get("cursor", "")
+        end = int(cursor) if cursor.isdigit() else len(everything)
+        start = max(0, end - max(1, sim.config.page_size))
+        base = _base_url(request)
+        page = [sim.to_json(p, base) for p in reversed(everything[start:end])]
+        return JSONResponse(
+            {
+                "previous": None,
+                "next": f"{base}/v1/predictions?cursor={start}" if start > 0 else None,
+                "results": page,
+                "simulator": True,
+            }
+        )
+
     async def get_prediction(request: Request) -> Response:
         return JSONResponse(sim.to_json(_find(request), _base_url(request)))
 
@@ -465,8 +512,10 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
         width, height = output_size(prediction.model, prediction.input)
         seed = int(hashlib.sha256(prediction.id.encode()).hexdigest()[:8], 16)
         prompt = str(prediction.input.get("prompt", ""))
-        content = await asyncio.to_thread(render_image, width, height, ext, prompt, seed)
-        return Response(content, media_type=_MEDIA[ext])
+        content: str | bytes | None = sim.config.output_body
+        if content is None:
+            content = await asyncio.to_thread(render_image, width, height, ext, prompt, seed)
+        return Response(content, media_type=sim.config.output_content_type or _MEDIA[ext])
 
     async def stats(_request: Request) -> Response:
         return JSONResponse(sim.stats())
@@ -499,6 +548,7 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
 
     routes = [
         Route("/v1/predictions", api(create_versioned), methods=["POST"]),
+        Route("/v1/predictions", api(list_predictions), methods=["GET"]),
         Route("/v1/models/{owner}/{name}/predictions", api(create_for_model), methods=["POST"]),
         Route("/v1/predictions/{prediction_id}", api(get_prediction), methods=["GET"]),
         Route("/v1/predictions/{prediction_id}/cancel", api(cancel_prediction), methods=["POST"]),

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 
-from worker.database import Job
+from worker.database import Job, as_datetime
 from worker.errors import PermanentJobError
 from worker.generation import run_prediction
 from worker.jobs.context import JobContext, LeaseLost
@@ -11,23 +13,36 @@ from worker.models import GenerationParams
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class _GenerationLedger:
+    """The generation row keeps the intent to create and the prediction id, fenced by the
+    job's lease."""
+
+    job: Job
+    ctx: JobContext
+
+    async def intend(self) -> None:
+        if await self.ctx.db.request_prediction(self.job.id, self.ctx.worker_id) is None:
+            raise LeaseLost()
+
+    async def save(self, prediction_id: str) -> bool:
+        return await self.ctx.db.record_prediction(self.job.id, self.ctx.worker_id, prediction_id)
+
+
 async def generate_image(job: Job, ctx: JobContext) -> None:
-    """Run (or resume) the prediction, then hand over to a download job atomically."""
+    """Run (or resume, or adopt) the prediction, then hand over to a download job
+    atomically."""
     generation = await ctx.db.begin_generation(job.id, ctx.worker_id)
     if generation is None:
         raise PermanentJobError("The generation is no longer active")
     params = GenerationParams.from_payload(job.payload)
-
-    async def save_prediction(prediction_id: str) -> None:
-        if not await ctx.db.record_prediction(job.id, ctx.worker_id, prediction_id):
-            raise LeaseLost()
-
     result = await run_prediction(
         params,
         ctx.replicate,
         ctx.settings,
         resume_id=generation.get("replicate_prediction_id"),
-        on_created=save_prediction,
+        requested_at=as_datetime(generation.get("prediction_requested_at")),
+        ledger=_GenerationLedger(job, ctx),
     )
     download_job = await ctx.db.generation_downloading(
         job.id,
