@@ -26,7 +26,12 @@ from worker.models import (
     prediction_request,
     takes_source_image,
 )
-from worker.replicate import Prediction, PredictionNotFound, ReplicateClient
+from worker.replicate import (
+    Prediction,
+    PredictionNotFound,
+    ReplicateClient,
+    ReplicateTransientError,
+)
 from worker.settings import Settings
 from worker.source_image import fetch_source_image
 from worker.storage import SupabaseStorage
@@ -40,14 +45,18 @@ _LIVE = {"starting", "processing", "succeeded"}
 ADOPTION_SLACK = timedelta(seconds=60)
 # At Replicate's 100 a page: how far back the search goes before creating anew.
 ADOPTION_MAX_PAGES = 20
+# A create that failed ambiguously (5xx, timeout) is resent after looking for it.
+CREATE_TRIES = 3
+CREATE_RETRY_PAUSE_SECONDS = 0.5
 
 
 class PredictionLedger(Protocol):
     """Where a job keeps its prediction (the generation row), so no retry pays twice."""
 
-    async def intend(self) -> None:
-        """Durably note that a prediction is about to be created; raises when the job is
-        no longer ours (nothing may be created then)."""
+    async def intend(self) -> datetime:
+        """Durably note that a prediction is about to be created; returns the earliest
+        such note not yet followed by a saved id. Raises when the job is no longer ours
+        (nothing may be created then)."""
         ...
 
     async def save(self, prediction_id: str) -> bool:
@@ -111,11 +120,7 @@ async def run_prediction(
         if ledger is not None and requested_at is not None:
             prediction = await _adopt(replicate, params, body, requested_at, ledger)
         if prediction is None:
-            if ledger is not None:
-                await ledger.intend()
-            prediction = await _finish_even_if_cancelled(
-                _create(replicate, settings, path, body, ledger)
-            )
+            prediction = await _create(replicate, settings, params, path, body, ledger)
     prediction = await replicate.wait_for_prediction(
         prediction, deadline_seconds=settings.prediction_timeout_seconds + 30
     )
@@ -134,6 +139,33 @@ async def run_prediction(
 
 
 async def _create(
+    replicate: ReplicateClient,
+    settings: Settings,
+    params: GenerationParams,
+    path: str,
+    body: dict[str, Any],
+    ledger: PredictionLedger | None,
+) -> Prediction:
+    """Record the intent, create, save the id. A 5xx or a timeout after sending leaves it
+    unknown whether Replicate created the prediction: with a ledger, look for it (adopt)
+    before sending again; without one, resending could pay twice, so the error stands."""
+    intent = await ledger.intend() if ledger is not None else None
+    for attempt in range(1, CREATE_TRIES + 1):
+        try:
+            return await _finish_even_if_cancelled(
+                _create_and_save(replicate, settings, path, body, ledger)
+            )
+        except ReplicateTransientError as exc:
+            if ledger is None or intent is None or attempt == CREATE_TRIES:
+                raise
+            log.info("create failed; looking for the prediction before resending", error=str(exc))
+        await asyncio.sleep(CREATE_RETRY_PAUSE_SECONDS * attempt)
+        if adopted := await _adopt(replicate, params, body, intent, ledger):
+            return adopted
+    raise AssertionError("unreachable")
+
+
+async def _create_and_save(
     replicate: ReplicateClient,
     settings: Settings,
     path: str,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
@@ -21,9 +22,11 @@ class _GenerationLedger:
     job: Job
     ctx: JobContext
 
-    async def intend(self) -> None:
-        if await self.ctx.db.request_prediction(self.job.id, self.ctx.worker_id) is None:
+    async def intend(self) -> datetime:
+        requested_at = await self.ctx.db.request_prediction(self.job.id, self.ctx.worker_id)
+        if requested_at is None:
             raise LeaseLost()
+        return requested_at
 
     async def save(self, prediction_id: str) -> bool:
         return await self.ctx.db.record_prediction(self.job.id, self.ctx.worker_id, prediction_id)
