@@ -14,13 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
@@ -65,6 +65,12 @@ class ClientError(Exception):
 REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
 
 
+# The SQL parameter types: a number beyond them is the caller's error (400), not a
+# missing function signature (503). The model's own limits are the database's to check.
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class GenerationBody(BaseModel):
     """The generation parameters every endpoint accepts (CONTRACT §1)."""
 
@@ -73,15 +79,28 @@ class GenerationBody(BaseModel):
     prompt: str
     model_id: str
     model_version: str | None = None
-    width: int | None = None
-    height: int | None = None
-    num_inference_steps: int | None = None
+    width: Int32 | None = None
+    height: Int32 | None = None
+    num_inference_steps: Int32 | None = None
     guidance_scale: float | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     negative_prompt: str | None = None
     source_image_url: str | None = None
     strength: float | None = None
     style: str | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        """PostgreSQL text holds neither NUL nor lone surrogates (JSON can carry both)."""
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text") from None
+            if "\x00" in value:
+                raise ValueError("must not contain NUL characters")
+        return value
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(GenerationBody.model_fields))
@@ -247,6 +266,14 @@ async def generate_image(request: Request) -> Response:
     body = await parse_body(request, LegacyBody)
     worker, settings = service.worker, service.settings
     params = await body.params(worker.db)
+    if body.generation_id is not None:
+        # Someone else's generation (or none): refused before paying for a prediction.
+        try:
+            owned = await worker.db.get_generation(body.generation_id, user.user_id)
+        except (DatabaseError, GatewayUnavailable) as exc:
+            raise _database_failure(exc) from exc
+        if owned is None:
+            raise ClientError(400, "generation_id: Unknown generation")
     started = time.monotonic()
     name = body.generation_id or uuid.uuid4()
     try:
@@ -332,6 +359,27 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
 
 # The application.
 
+
+def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
+    """What the handlers parse themselves (the body, get-generation's id), for /openapi.json."""
+    bodies: dict[str, type[BaseModel]] = {
+        "start-generation": GenerationBody,
+        "process-generation": GenerationBody,
+        "generate-image": LegacyBody,
+    }
+    if name in bodies and method == "POST":
+        schema = bodies[name].model_json_schema()
+        return {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        }
+    if name == "get-generation":
+        uuid_schema = {"type": "string", "format": "uuid"}
+        return {
+            "parameters": [{"name": "id", "in": "query", "required": True, "schema": uuid_schema}]
+        }
+    return None
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -388,6 +436,7 @@ def create_app(
                 methods=[method],
                 name=name,
                 operation_id=f"{name}-{method.lower()}",
+                openapi_extra=_openapi_inputs(name, method),
             )
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
