@@ -464,6 +464,30 @@ def test_complete_job_refuses_a_finished_pending_or_unknown_job(conn: Conn) -> N
     assert unknown == {"ok": False}
 
 
+def test_complete_jobs_completes_only_what_this_worker_holds(conn: Conn) -> None:
+    mine = [enqueue(conn) for _ in range(3)]
+    claim(conn, "worker-a", limit=3)
+    theirs = enqueue(conn)
+    claim(conn, "worker-b")
+    pending = enqueue(conn)
+    done = conn.execute(
+        "select complete_jobs('worker-a', %s, %s) as id",
+        ([*mine, theirs, pending, uuid.uuid4()], [Jsonb({"i": 0}), None, Jsonb({"i": 2})]),
+    ).fetchall()
+    assert {row["id"] for row in done} == set(mine)
+    results = [job(conn, job_id)["result"] for job_id in mine]
+    assert results == [{"i": 0}, None, {"i": 2}]
+    for job_id in mine:
+        finished = job(conn, job_id)
+        assert finished["status"] == "completed" and finished["completed_at"] is not None
+        assert finished["locked_by"] is None and finished["locked_until"] is None
+    assert job(conn, theirs)["status"] == "processing"
+    assert job(conn, pending)["status"] == "pending"
+    # Done once: a second call (a retried request) changes nothing.
+    again = conn.execute("select complete_jobs('worker-a', %s) as id", (mine,)).fetchall()
+    assert again == []
+
+
 # release_jobs
 
 

@@ -21,16 +21,20 @@ log = structlog.get_logger(__name__)
 
 
 @lru_cache(maxsize=256)
-def _statement(function: str, names: tuple[str, ...]) -> sql.Composed:
+def _statement(function: str, names: tuple[str, ...]) -> str:
     arguments = sql.SQL(", ").join(
         sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in names
     )
-    return sql.SQL("select * from public.{}({})").format(sql.Identifier(function), arguments)
+    statement = sql.SQL("select * from public.{}({})").format(sql.Identifier(function), arguments)
+    # Rendered once: psycopg would otherwise re-render a Composed on every call.
+    return statement.as_string(None)
 
 
 def _adapt(value: Any) -> Any:
     if isinstance(value, dict):
         return Jsonb(value)
+    if isinstance(value, list):
+        return [_adapt(item) for item in value]
     if isinstance(value, float):
         # float8 has no implicit cast to numeric: send the exact decimal instead.
         return Decimal(repr(value))
