@@ -10,7 +10,7 @@ PG_BIN := /usr/lib/postgresql/15/bin
 PG_LIB := /usr/lib/postgresql/15/lib
 APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv
 
-.PHONY: test lint typecheck pytest torture system-deps venv clean
+.PHONY: test lint typecheck pytest torture bench bench-quick system-deps venv clean
 
 test: system-deps venv lint typecheck pytest
 
@@ -28,6 +28,14 @@ pytest: system-deps venv
 torture: system-deps venv
 	IMAGEGEN_TORTURE=full $(BIN)/pytest -q -m torture
 
+# Benchmarks (bench/): each script prints its table and writes bench/results/<name>.json.
+# The whole set takes under 15 minutes on 2 cores; the quick mode a few seconds each.
+bench: system-deps venv
+	$(BIN)/python -m bench.run_all
+
+bench-quick: system-deps venv
+	$(BIN)/python -m bench.run_all --quick
+
 # Installs the Debian packages only when one of their files is missing.
 system-deps:
 	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] \
@@ -39,10 +47,11 @@ system-deps:
 
 venv: $(STAMP)
 
+# One venv for tests and benchmarks: the smoke test runs the benchmarks' quick mode.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 clean:

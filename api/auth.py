@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,11 @@ RETRY_AFTER_FAILURE_SECONDS = 10.0
 JWKS_TIMEOUT = httpx.Timeout(5.0)
 MAX_TOKEN_LENGTH = 16 * 1024
 MIN_RSA_BITS = 2048
+# A client sends the same token with every call: once verified, it is trusted again without
+# the signature check for this long at most (never past its exp), so a key dropped from
+# the JWKS stops working within a minute. At most this many tokens are remembered.
+VERIFIED_TTL_SECONDS = 60.0
+VERIFIED_MAX_TOKENS = 4096
 
 
 class AuthError(Exception):
@@ -74,16 +80,40 @@ class TokenVerifier:
         self._failed_at: float | None = None
         self._kid_refresh_at: float | None = None
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[str, tuple[float, AuthenticatedUser]] = OrderedDict()
 
     async def verify(self, authorization_header: str | None) -> AuthenticatedUser:
         token = _bearer_token(authorization_header)
+        if (known := self._recall(token)) is not None:
+            return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise AuthError("Invalid token") from None
         algorithm, key = await self._key_for(header)
         claims = self._decode(token, algorithm, key)
-        return _user_from_claims(claims)
+        user = _user_from_claims(claims)
+        self._remember(token, user)
+        return user
+
+    def _recall(self, token: str) -> AuthenticatedUser | None:
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        until, user = entry
+        if time.time() >= until:
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return user
+
+    def _remember(self, token: str, user: AuthenticatedUser) -> None:
+        now, expires = time.time(), user.claims.get("exp")
+        if not isinstance(expires, int | float) or expires <= now:
+            return
+        self._verified[token] = (min(float(expires), now + VERIFIED_TTL_SECONDS), user)
+        if len(self._verified) > VERIFIED_MAX_TOKENS:
+            self._verified.popitem(last=False)
 
     async def aclose(self) -> None:
         if self._owns_http and self._http is not None:

@@ -73,7 +73,12 @@ def worker() -> None:
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run_worker(settings))
+    try:
+        import uvloop  # as uvicorn does for the API: a faster event loop where installed
+    except ImportError:
+        asyncio.run(run_worker(settings))
+    else:
+        uvloop.run(run_worker(settings))
 
 
 @app.command("migrate")

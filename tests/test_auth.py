@@ -415,3 +415,38 @@ def test_worker_secret() -> None:
     assert not verify_worker_secret("Bearer ", "")
     assert not verify_worker_secret("Bearer None", None)
     assert not verify_worker_secret("Bearer ", None)
+
+
+# -- verified tokens are remembered (bounded in time and number)
+
+
+async def test_a_verified_token_is_remembered_for_a_minute_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verifier = TokenVerifier(supabase_url=None, jwt_secret=SECRET)
+    token = mint_dev_token(SECRET, USER_ID, ttl_seconds=3600)
+    await verifier.verify(bearer(token))
+    calls: list[str] = []
+    decode = jwt.decode
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append("decode")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counted)
+    assert (await verifier.verify(bearer(token))).user_id == USER_ID
+    assert calls == []
+    now = time.time()
+    monkeypatch.setattr(api.auth.time, "time", lambda: now + api.auth.VERIFIED_TTL_SECONDS + 1)
+    assert (await verifier.verify(bearer(token))).user_id == USER_ID
+    assert calls == ["decode"]
+
+
+async def test_a_remembered_token_is_forgotten_at_its_exp(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier(supabase_url=None, jwt_secret=SECRET)
+    token = mint_dev_token(SECRET, USER_ID, ttl_seconds=30)
+    await verifier.verify(bearer(token))
+    assert verifier._recall(token) is not None
+    now = time.time()
+    monkeypatch.setattr(api.auth.time, "time", lambda: now + 31)
+    assert verifier._recall(token) is None  # so the next call decodes it, and refuses it

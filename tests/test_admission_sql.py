@@ -1,0 +1,69 @@
+"""The queue bound's shared count (sql/0011_admission.sql): a large bound admits on a
+recent count far from it, and refuses only on a fresh count; a small bound always counts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import make_user
+
+FLUX = "black-forest-labs/flux-schnell"
+
+
+def start(conn: psycopg.Connection[Any], user: uuid.UUID) -> None:
+    conn.execute(
+        "select start_generation(p_user_id => %s, p_prompt => 'a test', p_model_id => %s)",
+        (user, FLUX),
+    )
+
+
+def fill_queue(conn: psycopg.Connection[Any], jobs: int) -> None:
+    conn.execute(
+        "insert into job_queue (job_type, payload) select 'bench-noop', '{}' "
+        "from generate_series(1, %s)",
+        (jobs,),
+    )
+
+
+def sample(conn: psycopg.Connection[Any], depth: int, age_seconds: float) -> None:
+    conn.execute(
+        "update imagegen.queue_depth_sample"
+        " set depth = %s, counted_at = clock_timestamp() - make_interval(secs => %s)",
+        (depth, age_seconds),
+    )
+
+
+def test_a_large_bound_refuses_on_a_fresh_count_only(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("select configure_admission(p_max_queue_depth => 1500)")
+    fill_queue(conn, 1500)
+    user = make_user(conn)
+
+    sample(conn, 0, 0)  # counted just now, far below the bound: trusted
+    start(conn, user)
+
+    sample(conn, 0, 1)  # too old: counted again, and the queue is full
+    with pytest.raises(psycopg.Error) as refused:
+        start(conn, user)
+    assert refused.value.sqlstate == "PT503"
+
+    sample(conn, 600, 0)  # recent, but within the headroom of the bound: counted
+    with pytest.raises(psycopg.Error):
+        start(conn, user)
+
+    conn.execute("update job_queue set status = 'cancelled' where status = 'pending'")
+    time.sleep(0.3)
+    start(conn, user)  # drained: admitted again once the count is fresh
+
+
+def test_a_small_bound_always_counts(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("select configure_admission(p_max_queue_depth => 30)")
+    fill_queue(conn, 30)
+    sample(conn, 0, 0)
+    with pytest.raises(psycopg.Error) as refused:
+        start(conn, make_user(conn))
+    assert refused.value.sqlstate == "PT503"
