@@ -263,7 +263,9 @@ def test_invoke_worker_without_configuration_refuses(conn: Conn) -> None:
 def test_configure_outside_the_cron_database_refuses(conn: Conn) -> None:
     with pytest.raises(psycopg.errors.RaiseException, match="pg_cron is not installed"):
         conn.execute("select configure_worker_cron('http://127.0.0.1:1', %s)", (SECRET,))
-    assert conn.execute("select count(*) as n from imagegen.settings").fetchone() == {"n": 0}
+    assert conn.execute(
+        "select count(*) as n from imagegen.settings where key like 'worker%%'"
+    ).fetchone() == {"n": 0}
 
 
 def test_settings_go_to_supabase_vault_where_it_exists(conn: Conn, receiver: Receiver) -> None:
@@ -296,7 +298,9 @@ def test_settings_go_to_supabase_vault_where_it_exists(conn: Conn, receiver: Rec
         {"name": "imagegen_worker_secret", "secret": SECRET},
         {"name": "imagegen_worker_url", "secret": receiver.url},
     ]
-    assert conn.execute("select count(*) as n from imagegen.settings").fetchone() == {"n": 0}
+    assert conn.execute(
+        "select count(*) as n from imagegen.settings where key like 'worker%%'"
+    ).fetchone() == {"n": 0}
 
     conn.execute("select public.invoke_worker()")
     assert receiver.wait(5).headers["authorization"] == f"Bearer {SECRET}"
