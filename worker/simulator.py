@@ -451,7 +451,8 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
         if wait:
             remaining = min(prediction.ends_at() - time.monotonic(), wait)
             if remaining > 0:
-                await asyncio.sleep(remaining)
+                # uvloop may wake a millisecond early: past the end, the status is final.
+                await asyncio.sleep(remaining + 0.01)
         return JSONResponse(sim.to_json(prediction, _base_url(request)), status_code=201)
 
     async def create_versioned(request: Request) -> Response:
