@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -72,3 +73,18 @@ def make_user(conn: psycopg.Connection[Any], email: str | None = None) -> uuid.U
 @pytest.fixture
 def user_id(conn: psycopg.Connection[Any]) -> uuid.UUID:
     return make_user(conn)
+
+
+def http_response(conn: psycopg.Connection[Any], request_id: int, timeout: float = 10) -> Any:
+    """The row pg_net writes for `net.http_post` request `request_id`, waited for: real
+    pg_net sends after the calling transaction commits and answers asynchronously (the
+    local PL/Python stand-in happens to answer at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            "select * from net._http_response where id = %s", (request_id,)
+        ).fetchone()
+        if row is not None or time.monotonic() > deadline:
+            assert row is not None, f"no response for pg_net request {request_id}"
+            return row
+        time.sleep(0.05)

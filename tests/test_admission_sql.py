@@ -1,9 +1,9 @@
-"""The queue bound's shared count (sql/0011_admission.sql): a large bound admits on a
-recent count far from it, and refuses only on a fresh count; a small bound always counts."""
+"""Admission control (sql/0011_admission.sql): the per-user limit admits exactly the limit;
+the queue bound's shared count admits on a recent count far from it and refuses only on a
+fresh count; a small bound always counts."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -52,11 +52,12 @@ def test_a_large_bound_refuses_on_a_fresh_count_only(conn: psycopg.Connection[An
     assert refused.value.sqlstate == "PT503"
 
     sample(conn, 600, 0)  # recent, but within the headroom of the bound: counted
-    with pytest.raises(psycopg.Error):
+    with pytest.raises(psycopg.Error) as refused:
         start(conn, user)
+    assert refused.value.sqlstate == "PT503"
 
     conn.execute("update job_queue set status = 'cancelled' where status = 'pending'")
-    time.sleep(0.3)
+    sample(conn, 1500, 1)  # the count from before the drain, now stale
     start(conn, user)  # drained: admitted again once the count is fresh
 
 
@@ -67,3 +68,33 @@ def test_a_small_bound_always_counts(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.Error) as refused:
         start(conn, make_user(conn))
     assert refused.value.sqlstate == "PT503"
+
+
+def active_of(conn: psycopg.Connection[Any], user: uuid.UUID) -> int:
+    row = conn.execute(
+        "select count(*) as n from image_generations where user_id = %s"
+        " and status in ('pending', 'queued', 'processing', 'downloading')",
+        (user,),
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_the_per_user_limit_admits_exactly_the_limit(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("select configure_admission(p_max_active_per_user => 2)")
+    alice, bob = make_user(conn), make_user(conn)
+    start(conn, alice)
+    start(conn, alice)  # the limit itself is admitted
+    with pytest.raises(psycopg.Error) as refused:
+        start(conn, alice)
+    assert refused.value.sqlstate == "PT429"
+    assert active_of(conn, alice) == 2  # the refused start wrote nothing
+    start(conn, bob)  # another user's starts are their own
+
+    conn.execute(
+        "update image_generations set status = 'completed' where id ="
+        " (select id from image_generations where user_id = %s limit 1)",
+        (alice,),
+    )
+    start(conn, alice)  # a finished generation frees its place
+    assert active_of(conn, alice) == 2

@@ -194,6 +194,25 @@ async def test_a_retry_adopts_the_prediction_a_dead_attempt_created(
     assert stack.predictions_created() == 1
 
 
+async def test_a_retry_never_adopts_a_prediction_of_other_input(
+    conn: Conn, database_url: str, stack: Stack, user_id: uuid.UUID
+) -> None:
+    """A decoy of the same model, created after the orphan (so listed first), made for
+    another prompt: only the prediction of exactly this input is ours."""
+    stack.configure_simulator(latency_seconds=0.3)
+    generation_id = start_generation(conn, user_id, "black-forest-labs/flux-dev", "a heron")
+    job = claim_as_dead_worker(conn, generation_id)
+    orphan = orphan_prediction(stack, job["payload"])
+    decoy = orphan_prediction(stack, {**job["payload"], "prompt": "a decoy heron"})
+    expire_leases(conn)
+
+    rows = await run_worker_until(stack.settings(), database_url, [generation_id])
+
+    assert rows[generation_id]["status"] == "completed"
+    assert rows[generation_id]["replicate_prediction_id"] == orphan != decoy
+    assert stack.predictions_created() == 2  # the orphan and the decoy; nothing new
+
+
 async def test_twins_with_identical_input_adopt_one_prediction_each(
     conn: Conn, database_url: str, stack: Stack, user_id: uuid.UUID
 ) -> None:
@@ -399,8 +418,17 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         (f"%{DOOMED}%",),
     ).fetchone()
     assert attempts is not None
+    # A job never runs more attempts than it has (max_attempts is 3).
+    assert attempts["most"] <= 3 and attempts["over_three"] == 0, attempts
     events = log_events(log_dir)
     assert fleet.kills >= target_kills
+    # Adoption happens only on a retry: never more adoptions than retried generations.
+    retried = conn.execute(
+        "select count(*) as n from job_queue"
+        " where job_type = 'generate-image' and attempts > 1 and payload->>'prompt' not like %s",
+        (f"%{DOOMED}%",),
+    ).fetchone()
+    assert retried is not None and events[ADOPTED] <= retried["n"], (events[ADOPTED], retried)
     torture_report.record(
         "crash: kill -9 workers",
         "ok",

@@ -16,6 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from api.local_postgres import free_port
+from tests.conftest import http_response
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -206,10 +207,7 @@ def test_the_scheduled_command_reaches_the_worker(cron_conn: Conn, receiver: Rec
     assert request.headers["content-type"] == "application/json"
     assert json.loads(request.body) == {}
     assert len(receiver.requests) == 1
-    response = cron_conn.execute(
-        "select * from net._http_response where id = %s", (request_id,)
-    ).fetchone()
-    assert response is not None
+    response = http_response(cron_conn, request_id)
     assert response["status_code"] == 200
     assert response["timed_out"] is False
     assert json.loads(response["content"]) == {"success": True, "processed": 0}
@@ -220,10 +218,8 @@ def test_a_refused_call_is_recorded(cron_conn: Conn, receiver: Receiver) -> None
     configure(cron_conn, receiver.url)
     row = cron_conn.execute("select public.invoke_worker() as id").fetchone()
     assert row is not None
-    response = cron_conn.execute(
-        "select status_code, timed_out from net._http_response where id = %s", (row["id"],)
-    ).fetchone()
-    assert response == {"status_code": 401, "timed_out": False}
+    response = http_response(cron_conn, row["id"])
+    assert (response["status_code"], response["timed_out"]) == (401, False)
 
 
 def test_a_timeout_and_an_unreachable_worker_are_recorded(
@@ -235,22 +231,14 @@ def test_a_timeout_and_an_unreachable_worker_are_recorded(
         (receiver.url + "/functions/v1/process-jobs",),
     ).fetchone()
     assert slow is not None
-    timed_out = cron_conn.execute(
-        "select status_code, timed_out, error_msg from net._http_response where id = %s",
-        (slow["id"],),
-    ).fetchone()
-    assert timed_out is not None
+    timed_out = http_response(cron_conn, slow["id"])
     assert timed_out["timed_out"] is True and timed_out["status_code"] is None
     assert timed_out["error_msg"]
 
     configure(cron_conn, f"http://127.0.0.1:{free_port()}")  # nothing listens there
     down = cron_conn.execute("select public.invoke_worker() as id").fetchone()
     assert down is not None
-    refused = cron_conn.execute(
-        "select status_code, timed_out, error_msg from net._http_response where id = %s",
-        (down["id"],),
-    ).fetchone()
-    assert refused is not None
+    refused = http_response(cron_conn, down["id"])
     assert refused["status_code"] is None and refused["timed_out"] is False
     assert "refused" in refused["error_msg"].lower()
 
@@ -384,3 +372,29 @@ def test_a_real_pg_cron_tick_calls_the_worker(cron_conn: Conn, receiver: Receive
         "select status_code from net._http_response order by id desc limit 1"
     ).fetchone()
     assert recorded == {"status_code": 200}
+
+
+def test_pg_cron_1_5_and_later_get_a_ten_second_schedule(cron_conn: Conn) -> None:
+    """What Supabase runs (pg_cron 1.6): the worker every 10 seconds. This machine has
+    pg_cron 1.4, which refuses second schedules; so the version is changed inside a
+    transaction that is rolled back, and pg_cron's refusal of '10 seconds' shows that
+    configure_worker_cron asked for it."""
+    with cron_conn.transaction():
+        cron_conn.execute("update pg_extension set extversion = '1.6.4' where extname = 'pg_cron'")
+        assert cron_conn.execute(
+            "select imagegen.cron_version_at_least(1, 5) as ok"
+        ).fetchone() == {"ok": True}
+        with (
+            pytest.raises(psycopg.Error, match="10 seconds") as refused,
+            cron_conn.transaction(),
+        ):
+            configure(cron_conn, "http://127.0.0.1:9")
+        assert "invalid schedule" in str(refused.value)
+        raise psycopg.Rollback()  # the version change is undone
+    version = cron_conn.execute(
+        "select extversion from pg_extension where extname = 'pg_cron'"
+    ).fetchone()
+    assert version is not None and version["extversion"].startswith("1.4")
+    assert cron_conn.execute("select imagegen.cron_version_at_least(1, 5) as ok").fetchone() == {
+        "ok": False
+    }

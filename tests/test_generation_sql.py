@@ -291,7 +291,8 @@ def test_begin_generation_moves_to_processing_for_the_holder_only(
 ) -> None:
     started = start(conn, user_id)
     claim(conn, "worker-a")
-    assert conn.execute("select * from begin_generation(%s, 'worker-b')", (started["job_id"],))
+    not_held = conn.execute("select * from begin_generation(%s, 'worker-b')", (started["job_id"],))
+    assert not_held.fetchall() == []
     assert generation(conn, started["generation_id"])["status"] == "queued"
 
     rows = conn.execute(

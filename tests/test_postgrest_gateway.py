@@ -223,3 +223,26 @@ async def test_a_generation_lifecycle_through_database(
     ).fetchone()
     assert row == {"status": "completed", "replicate_prediction_id": "pred-1"}
     assert await db.release_jobs("w1", [download.id]) == 0
+
+
+async def test_auto_chooses_postgrest_without_a_database_url(
+    postgrest_url: str, conn: psycopg.Connection[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment with only the Supabase URL and key (the old functions' setup): the
+    default DATABASE_GATEWAY=auto must take PostgREST, and the worker work through it."""
+    from worker.service import open_worker
+    from worker.settings import Settings
+
+    for name in ("DATABASE_URL", "DATABASE_GATEWAY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SUPABASE_URL", postgrest_url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", KEY)
+    settings = Settings()
+    assert (settings.database_gateway, settings.gateway) == ("auto", "postgrest")
+    async with open_worker(settings) as worker:
+        assert isinstance(worker.db.gateway, PostgrestGateway)
+        job_id = await worker.db.enqueue_job("generate-image", {"via": "postgrest"})
+        (claimed,) = await worker.db.claim_jobs(settings.worker_id, 1, None, 60)
+    assert claimed.id == job_id
+    row = conn.execute("select status, locked_by from job_queue where id = %s", (job_id,))
+    assert row.fetchone() == {"status": "processing", "locked_by": settings.worker_id}

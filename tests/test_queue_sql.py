@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -602,10 +601,10 @@ def test_a_vanished_workers_job_is_reclaimed_and_its_late_completion_is_fenced(
 ) -> None:
     job_id = enqueue(conn)
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as old_worker:
-        (held,) = claim(old_worker, "old-worker", lease_seconds=1)
-    # The old worker stops heartbeating; its one-second lease runs out.
-    assert claim(conn, "new-worker") == []
-    time.sleep(1.2)
+        (held,) = claim(old_worker, "old-worker", lease_seconds=300)
+    assert claim(conn, "new-worker") == []  # the lease holds
+    # The old worker stops heartbeating; its lease runs out (set, not waited for).
+    conn.execute("update job_queue set locked_until = now() - interval '1 second'")
 
     (taken,) = claim(conn, "new-worker", lease_seconds=300)
     assert taken["id"] == job_id
@@ -633,3 +632,22 @@ def test_a_vanished_workers_job_is_reclaimed_and_its_late_completion_is_fenced(
     assert ok == {"ok": True}
     done = job(conn, job_id)
     assert (done["status"], done["result"]) == ("completed", {"fresh": True})
+
+
+def test_a_claim_skips_rows_another_claim_has_locked(conn: Conn, database_url: str) -> None:
+    """SKIP LOCKED: a worker whose claim has not committed yet holds its rows; another
+    worker's claim takes the next row at once instead of waiting behind it."""
+    first, second = enqueue(conn, priority=1), enqueue(conn)
+    with (
+        psycopg.connect(database_url, row_factory=dict_row) as slow,
+        psycopg.connect(database_url, row_factory=dict_row) as fast,
+    ):
+        (held,) = claim(slow, "slow-worker")  # inside a transaction that stays open
+        assert held["id"] == first
+        fast.execute("set lock_timeout = '2s'")  # a claim that waits fails instead
+        (taken,) = claim(fast, "fast-worker", limit=2)
+        assert taken["id"] == second
+        fast.commit()
+        slow.rollback()
+    assert job(conn, first)["status"] == "pending"  # the uncommitted claim never happened
+    assert job(conn, second)["locked_by"] == "fast-worker"

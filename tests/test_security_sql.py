@@ -283,7 +283,8 @@ def test_service_role_can_call_the_functions(conn: Conn, user_id: uuid.UUID) -> 
         (claimed,) = conn.execute(
             "select * from claim_jobs('svc', 1, array['generate-image'])"
         ).fetchall()
-        assert conn.execute("select * from begin_generation(%s, 'svc')", (claimed["id"],))
+        begun = conn.execute("select * from begin_generation(%s, 'svc')", (claimed["id"],))
+        assert [row["id"] for row in begun.fetchall()] == [started["generation_id"]]
         assert conn.execute(
             "select heartbeat_jobs('svc', array[%s]::uuid[]) as id", (claimed["id"],)
         ).fetchall() == [{"id": claimed["id"]}]

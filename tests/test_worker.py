@@ -292,3 +292,46 @@ async def test_sigterm_loses_nothing(
     rows = await run_worker_until(stack.settings(max_parallel_jobs=50), database_url, ids, 60)
     assert {row["status"] for row in rows.values()} == {"completed"}
     assert stack.predictions_created() == 50
+
+
+async def test_default_lease_and_poll_carry_a_job_no_notify_announced(
+    conn: psycopg.Connection[Any], database_url: str, stack: Stack
+) -> None:
+    """The production timings together (tests elsewhere shorten them): a retry whose
+    backoff ends sends no NOTIFY, so the default poll finds it, and the default lease
+    holds it while it runs."""
+    defaults = {
+        name: Settings.model_fields[name].default
+        for name in ("poll_interval_seconds", "lease_seconds", "max_parallel_jobs")
+    }
+    stack.configure_simulator(latency_seconds=2.0)
+    with conn.transaction():  # its NOTIFY goes out while the job is not due yet
+        generation_id = start(conn, make_user(conn), "black-forest-labs/flux-schnell")
+        conn.execute(
+            "update job_queue set scheduled_at = now() + interval '1 second'"
+            " where payload->>'generation_id' = %s",
+            (str(generation_id),),
+        )
+    settings = stack.settings(**defaults)
+    async with open_worker(settings) as worker:
+        task = asyncio.create_task(worker.runner.run())
+        try:
+            lease = None
+            deadline = time.monotonic() + 30
+            while lease is None and time.monotonic() < deadline:
+                lease = conn.execute(
+                    "select extract(epoch from locked_until - started_at)::int as seconds"
+                    " from job_queue where status = 'processing' and job_type = 'generate-image'"
+                ).fetchone()
+                await asyncio.sleep(0.05)
+            assert lease == {"seconds": defaults["lease_seconds"]} == {"seconds": 120}
+            rows = await wait_for(database_url, [generation_id], timeout=30)
+        finally:
+            worker.runner.stop()
+            await task
+    assert rows[generation_id]["status"] == "completed"
+    attempts = conn.execute("select job_type, attempts from job_queue order by job_type").fetchall()
+    assert attempts == [
+        {"job_type": "download-image", "attempts": 1},
+        {"job_type": "generate-image", "attempts": 1},
+    ]
