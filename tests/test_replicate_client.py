@@ -141,10 +141,11 @@ async def test_our_deadline_raises_timed_out(
 ) -> None:
     configure(control, latency_seconds=10)
     created = await replicate.create_prediction(*request_for(), wait_seconds=None)
-    started = time.monotonic()
     with pytest.raises(PredictionTimedOut) as caught:
         await replicate.wait_for_prediction(created, deadline_seconds=0.3)
-    assert caught.value.retryable and time.monotonic() - started < 1
+    assert caught.value.retryable
+    # Raised at our deadline, while the 10 s prediction still runs (not at its end).
+    assert (await replicate.get_prediction(created.id)).status in ("starting", "processing")
 
 
 async def test_429_is_retried_after_retry_after(
