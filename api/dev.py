@@ -303,7 +303,11 @@ def dev_settings(
         "port": port,
     }
     if not os.environ.get("REPLICATE_API_TOKEN"):
-        values |= {"replicate_base_url": f"{base}/replicate/v1", "replicate_api_token": "simulator"}
+        # A fresh token per run: the simulator's prediction routes take only this one.
+        values |= {
+            "replicate_base_url": f"{base}/replicate/v1",
+            "replicate_api_token": secrets.token_urlsafe(24),
+        }
     # Explicit values win over the environment, which still fills in everything else.
     return Settings(**values)  # type: ignore[arg-type]
 
