@@ -140,11 +140,11 @@ class DevRun:
         assert state is not None
         return state.database_url()
 
-    def generation(self, generation_id: str) -> dict[str, Any]:
+    def generation(self, generation_id: str, token: str | None = None) -> dict[str, Any]:
         answer = httpx.get(
             f"{self.base}/functions/v1/get-generation",
             params={"id": generation_id},
-            headers={"Authorization": f"Bearer {self.token()}"},
+            headers={"Authorization": f"Bearer {token or self.token()}"},
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
@@ -323,14 +323,7 @@ def test_cli_finds_the_running_stack_without_a_url(dev_stack: DevRun) -> None:
     generation_id = generated.stdout.strip().rsplit("/", 1)[-1].split(".")[0]
     # `imagegen token` mints for the URL the stack runs on (its issuer is checked).
     minted = dev_stack.cli("token").stdout.strip()
-    answer = httpx.get(
-        f"{dev_stack.base}/functions/v1/get-generation",
-        params={"id": generation_id},
-        headers={"Authorization": f"Bearer {minted}"},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["status"] == "completed"
+    assert dev_stack.generation(generation_id, minted)["status"] == "completed"
 
 
 def test_project_root_falls_back_to_the_installed_checkout(tmp_path: Path) -> None:
