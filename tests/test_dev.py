@@ -309,9 +309,6 @@ def test_a_busy_port_is_refused_before_anything_starts(dev_stack: DevRun, tmp_pa
 
 
 def test_cli_finds_the_running_stack_without_a_url(dev_stack: DevRun) -> None:
-    queue = dev_stack.cli("queue")
-    assert queue.returncode == 0, queue.stderr
-    assert "queue_health" in queue.stdout
     migrated = dev_stack.cli("migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert migrated.stdout.strip() == "database is up to date"
@@ -321,6 +318,9 @@ def test_cli_finds_the_running_stack_without_a_url(dev_stack: DevRun) -> None:
     )
     assert generated.returncode == 0, generated.stderr
     generation_id = generated.stdout.strip().rsplit("/", 1)[-1].split(".")[0]
+    queue = dev_stack.cli("queue")
+    assert queue.returncode == 0, queue.stderr
+    assert "queue_health" in queue.stdout and "generate-image" in queue.stdout
     # `imagegen token` mints for the URL the stack runs on (its issuer is checked).
     minted = dev_stack.cli("token").stdout.strip()
     assert dev_stack.generation(generation_id, minted)["status"] == "completed"
