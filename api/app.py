@@ -63,7 +63,7 @@ class ClientError(Exception):
         self.headers = headers
 
 
-# Admission control's refusals (sql/0011_admission.sql): SQLSTATE -> (status, Retry-After).
+# Admission control's refusals (sql/0001_baseline.sql, section 7): SQLSTATE -> (status, Retry-After).
 REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
 
 

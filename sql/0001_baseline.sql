@@ -419,6 +419,12 @@ alter table public.job_queue add column if not exists locked_until timestamptz;
 alter table public.job_queue add column if not exists result jsonb;
 alter table public.job_queue add column if not exists dedupe_key text;
 
+-- Jobs the old worker holds have no lease: they get the old platform's own ten minutes
+-- from their start, after which claim_jobs takes them over like any expired lease.
+update public.job_queue
+set locked_until = coalesce(started_at, updated_at) + interval '10 minutes'
+where status = 'processing' and locked_until is null;
+
 -- The claim path: due pending jobs by priority then age, and expired leases.
 create index if not exists job_queue_pending_idx
     on public.job_queue (priority desc, created_at)
@@ -546,6 +552,13 @@ from (values
 )
 where not exists (select from public.models m
                   where m.replicate_id = seed.replicate_id or m.name = seed.name);
+
+-- The web app sent models.id as model_id and the old start-generation queued it as it
+-- came; the worker needs the Replicate id.
+update public.job_queue j
+set payload = j.payload || jsonb_build_object('model_id', m.replicate_id)
+from public.models m
+where j.status in ('pending', 'processing') and j.payload ->> 'model_id' = m.id::text;
 
 -- 5. The queue ----------------------------------------------------------------------------
 -- Enqueue, claim (with leases), heartbeat, complete (with fencing and backoff), release

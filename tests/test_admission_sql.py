@@ -1,4 +1,4 @@
-"""The queue bound's shared count (sql/0011_admission.sql): a large bound admits on a
+"""The queue bound's shared count (sql/0001_baseline.sql, section 7): a large bound admits on a
 recent count far from it, and refuses only on a fresh count; a small bound always counts."""
 
 from __future__ import annotations

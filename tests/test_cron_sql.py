@@ -1,4 +1,4 @@
-"""The worker trigger and retention (sql/0008_cron.sql): pg_cron, net.http_post, a real
+"""The worker trigger and retention (sql/0001_baseline.sql, section 11): pg_cron, net.http_post, a real
 HTTP receiver on 127.0.0.1, and one real pg_cron tick."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A generation's life in SQL (sql/0005_generation_functions.sql) on the real cluster."""
+"""A generation's life in SQL (sql/0001_baseline.sql, section 6) on the real cluster."""
 
 from __future__ import annotations
 
@@ -119,7 +119,6 @@ def test_start_generation_writes_the_row_and_the_job_together(
         conn,
         user_id,
         model_id=FLUX_DEV,
-        model_version="abc123",
         width=768,
         height=512,
         num_inference_steps=20,
@@ -137,7 +136,10 @@ def test_start_generation_writes_the_row_and_the_job_together(
     assert row["prompt"] == "a lighthouse at dusk"
     assert row["negative_prompt"] == "blurry"
     assert row["model"] == "flux-dev"
-    assert row["model_id"] == FLUX_DEV
+    # The models row (a uuid, as on the old database); the job carries the Replicate id.
+    assert row["model_id"] == conn.execute(
+        "select id from models where replicate_id = %s", (FLUX_DEV,)
+    ).fetchone()["id"]
     assert row["style"] == "cinematic"
     assert (row["width"], row["height"], row["steps"]) == (768, 512, 20)
     assert float(row["guidance_scale"]) == 3.5
@@ -159,7 +161,7 @@ def test_start_generation_writes_the_row_and_the_job_together(
         "prompt": "a lighthouse at dusk",
         "negative_prompt": "blurry",
         "model_id": FLUX_DEV,
-        "model_version": "abc123",
+        "model_version": None,
         "width": 768,
         "height": 512,
         "num_inference_steps": 20,
