@@ -356,7 +356,9 @@ def build_old_picture(database_url: str, *, storage: bool = False) -> OldPicture
 def _fill(conn: psycopg.Connection[Any]) -> OldPicture:
     users = []
     for name in ("alice", "bob"):
-        user = _one(conn, "insert into auth.users (email) values (%s) returning id", f"{name}@x.test")
+        user = _one(
+            conn, "insert into auth.users (email) values (%s) returning id", f"{name}@x.test"
+        )
         conn.execute("insert into public.profiles (id, email) values (%s, %s)", (user, name))
         users.append(user)
     alice, bob = users
@@ -408,8 +410,16 @@ def _fill(conn: psycopg.Connection[Any]) -> OldPicture:
             " values (%s, %s, %s || '.webp', %s || '/' || %s || '.webp',"
             " 'https://old.supabase.co/storage/v1/object/public/generated-images/' || %s"
             " || '/' || %s || '.webp', 51234, 1024, 1024, 'webp', %s, 'flux-schnell', true)",
-            (generation, user, str(generation), str(user), str(generation), str(user),
-             str(generation), prompt),
+            (
+                generation,
+                user,
+                str(generation),
+                str(user),
+                str(generation),
+                str(user),
+                str(generation),
+                prompt,
+            ),
         )
         old.completed.append(generation)
 
@@ -449,7 +459,8 @@ def _fill(conn: psycopg.Connection[Any]) -> OldPicture:
         "insert into public.job_queue (job_type, payload, status, started_at, created_at)"
         " values ('generate-image', jsonb_build_object('generation_id', %s::text, 'user_id',"
         " %s::text, 'prompt', 'a stuck robot', 'model_id', 'black-forest-labs/flux-schnell',"
-        " 'width', 1024, 'height', 1024), 'processing', now() - interval '30 minutes',"
+        " 'model_version', null, 'width', 1024, 'height', 1024, 'num_inference_steps', 4,"
+        " 'guidance_scale', 0), 'processing', now() - interval '30 minutes',"
         " now() - interval '31 minutes') returning id",
         old.stuck_generation,
         bob,
@@ -510,8 +521,20 @@ OLD_COLUMNS = {
 }
 
 
-def old_rows(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
-    return {
+def old_rows(
+    conn: psycopg.Connection[Any], like: dict[str, list[Any]] | None = None
+) -> dict[str, list[Any]]:
+    """The old columns of every row; with `like`, only the rows (by key) that `like` has."""
+    rows = {
         table: conn.execute(f"select {columns} from public.{table} order by 1").fetchall()
         for table, columns in OLD_COLUMNS.items()
     }
+    if like is not None:
+        for table, before in like.items():
+            keys = {_key(row) for row in before}
+            rows[table] = [row for row in rows[table] if _key(row) in keys]
+    return rows
+
+
+def _key(row: Any) -> Any:
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]

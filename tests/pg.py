@@ -112,9 +112,7 @@ def supabase_container() -> Iterator[Server]:
     )
     with container:
         host, port = container.get_container_host_ip(), container.get_exposed_port(5432)
-        yield ExistingServer(
-            f"postgresql://{SUPABASE_SUPERUSER}:{password}@{host}:{port}/postgres"
-        )
+        yield ExistingServer(f"postgresql://{SUPABASE_SUPERUSER}:{password}@{host}:{port}/postgres")
 
 
 def is_plain_local(server: Server) -> bool:

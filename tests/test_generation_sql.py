@@ -137,9 +137,12 @@ def test_start_generation_writes_the_row_and_the_job_together(
     assert row["negative_prompt"] == "blurry"
     assert row["model"] == "flux-dev"
     # The models row (a uuid, as on the old database); the job carries the Replicate id.
-    assert row["model_id"] == conn.execute(
-        "select id from models where replicate_id = %s", (FLUX_DEV,)
-    ).fetchone()["id"]
+    assert (
+        row["model_id"]
+        == conn.execute("select id from models where replicate_id = %s", (FLUX_DEV,)).fetchone()[
+            "id"
+        ]
+    )
     assert row["style"] == "cinematic"
     assert (row["width"], row["height"], row["steps"]) == (768, 512, 20)
     assert float(row["guidance_scale"]) == 3.5

@@ -88,8 +88,7 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                         conn.execute(migration.sql.encode())
                     except psycopg.Error as exc:
                         raise MigrationError(
-                            f"migration {migration.name} failed: {exc}"
-                            + _nothing_applied(applied)
+                            f"migration {migration.name} failed: {exc}" + _nothing_applied(applied)
                         ) from exc
                     conn.execute(
                         "insert into imagegen.migrations (name, checksum) values (%s, %s)",
