@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 SUPABASE = """
 do $roles$
@@ -486,7 +487,7 @@ def _fill(conn: psycopg.Connection[Any]) -> OldPicture:
                 " 3, 'Replicate API error: 422', now() - interval '1 hour',"
                 " now() - interval '1 hour', now() - interval '2 hours') returning id",
                 job_type,
-                psycopg.types.json.Jsonb(payload),
+                Jsonb(payload),
             )
         )
     # Finished jobs of the completed generations.

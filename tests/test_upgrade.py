@@ -157,9 +157,8 @@ def test_the_old_grants_that_opened_holes_are_closed(
     assert len(seen) == 2 and len(stuck) == 1
 
     migrate(empty_url)
-    with signed_in(old_conn, old.alice):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            old_conn.execute("select enqueue_job('download-image', '{\"output_url\": \"x\"}')")
+    with signed_in(old_conn, old.alice), pytest.raises(psycopg.errors.InsufficientPrivilege):
+        old_conn.execute("select enqueue_job('download-image', '{\"output_url\": \"x\"}')")
     with signed_in(old_conn, old.alice):
         assert old_conn.execute("select * from failed_jobs_recent").fetchall() == []
         assert old_conn.execute("select * from stuck_jobs").fetchall() == []
