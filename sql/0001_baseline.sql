@@ -313,6 +313,19 @@ create table if not exists public.models (
 
 -- Operators' rows on the old database may share a replicate_id (nothing made it unique
 -- there); only one may ever be the default, as the mobile app reads it with .single().
+do $one_default$
+declare
+    v_defaults text;
+begin
+    select string_agg(name, ', ' order by name) into v_defaults
+    from public.models where is_default having count(*) > 1;
+    if v_defaults is not null then
+        raise exception 'models has more than one is_default row (%): the mobile app reads '
+                        'exactly one; clear is_default on all but one, then migrate again',
+                        v_defaults;
+    end if;
+end
+$one_default$;
 create unique index if not exists models_one_default_idx on public.models (is_default)
     where is_default;
 

@@ -295,6 +295,18 @@ def test_the_seed_adds_only_missing_families_and_never_a_second_default(
         old_conn.execute("update models set is_default = true where name = 'sdxl-custom'")
 
 
+def test_two_default_models_stop_the_upgrade_with_a_clear_message(
+    empty_url: str, old_conn: Conn
+) -> None:
+    old_conn.execute("update models set is_default = true where name = 'sdxl-custom'")
+    schema = dump_schema(empty_url)
+    with pytest.raises(
+        MigrationError, match=r"more than one is_default row \(flux-schnell, sdxl-custom\)"
+    ):
+        migrate(empty_url)
+    assert dump_schema(empty_url) == schema
+
+
 def test_a_generation_starts_by_models_id_or_replicate_id_on_the_old_models(
     empty_url: str, old: OldPicture, old_conn: Conn
 ) -> None:
