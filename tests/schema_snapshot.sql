@@ -802,7 +802,7 @@ begin
     end if;
 
     if p_source_image_url is not null then
-        if not m.supports_img2img then
+        if not coalesce(m.supports_img2img, false) then
             perform imagegen.invalid('source_image_url',
                              format('%s does not support image-to-image', m.name));
         end if;

@@ -105,6 +105,9 @@ def test_the_old_database_is_upgraded_in_place_and_keeps_every_row(
     assert {"minutes_processing", "minutes_stuck", "locked_until"} <= {
         row["column_name"] for row in stuck
     }
+    # Every constraint holds for every old row (none was added `not valid`).
+    unchecked = old_conn.execute("select conname from pg_constraint where not convalidated")
+    assert unchecked.fetchall() == []
     # A second run changes nothing.
     schema = dump_schema(empty_url)
     assert migrate(empty_url) == []
@@ -371,6 +374,26 @@ def test_on_supabase_the_bucket_and_its_policies_are_created(supabase_url: str) 
             conn.execute("delete from storage.objects")  # tries everything; RLS keeps bob's
         left = conn.execute("select name from storage.objects").fetchall()
         assert [row["name"] for row in left] == [f"{bob}/a.webp"]
+        assert callable_by_users(conn) == USER_FUNCTIONS
+
+
+def test_on_the_old_project_its_own_bucket_is_left_as_it_is(empty_url: str) -> None:
+    build_old_picture(empty_url, storage=True)
+    with psycopg.connect(empty_url, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute(
+            "insert into storage.buckets (id, name, public, file_size_limit)"
+            " values ('generated-images', 'generated-images', true, 10485760)"
+        )
+        migrate(empty_url)
+        bucket = conn.execute("select public, file_size_limit from storage.buckets").fetchone()
+        assert bucket == {"public": True, "file_size_limit": 10485760}
+        policies = conn.execute(
+            "select policyname, cmd from pg_policies where schemaname = 'storage' order by 1"
+        ).fetchall()
+        assert [(row["policyname"], row["cmd"]) for row in policies] == [
+            ("Anyone reads generated images", "SELECT"),
+            ("Owners delete their generated images", "DELETE"),
+        ]
         assert callable_by_users(conn) == USER_FUNCTIONS
 
 
