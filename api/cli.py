@@ -107,6 +107,8 @@ def configure_cron(
     """Schedule pg_cron to POST to <url>/functions/v1/process-jobs (URL and secret are
     kept in Vault or a service-only table, never in cron.job)."""
     with psycopg.connect(_database_url(database_url), autocommit=True) as conn:
+        # The old platform's schedule it replaces is reported as a notice.
+        conn.add_notice_handler(lambda notice: typer.echo(notice.message_primary))
         try:
             row = conn.execute(
                 "select public.configure_worker_cron(%s, %s, %s)", (url, secret, schedule)

@@ -520,7 +520,7 @@ declare
         p_schedule,
         case when imagegen.cron_version_at_least(1, 5) then '10 seconds' else '* * * * *' end);
     v_job_id bigint;
-    v_old bigint;
+    v_old record;
 begin
     if p_url is null or p_url !~* '^https?://' then
         raise exception using errcode = 'invalid_parameter_value',
@@ -539,11 +539,13 @@ begin
     -- The old platform's schedule (setup-cron-job.sql named it process-job-queue; any job
     -- that posts to process-jobs is one) goes, so two schedules never race for the queue.
     for v_old in
-        execute $q$select jobid from cron.job
+        execute $q$select jobid, jobname from cron.job
                    where jobname = 'process-job-queue'
                       or command like '%/functions/v1/process-jobs%'$q$
     loop
-        execute 'select cron.unschedule($1)' using v_old;
+        execute 'select cron.unschedule($1)' using v_old.jobid;
+        raise notice 'unscheduled cron job % (%), which also posted to process-jobs',
+            v_old.jobid, v_old.jobname;
     end loop;
     execute 'select cron.schedule($1, $2, $3)' into v_job_id
         using 'process-jobs-worker', v_schedule, 'select public.invoke_worker()';

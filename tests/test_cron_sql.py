@@ -16,6 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from api.local_postgres import free_port
+from tests.test_migrations import run_cli
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -171,7 +172,9 @@ def posting_to_process_jobs(conn: Conn) -> list[str]:
     return [row["jobname"] for row in rows]
 
 
-def test_configure_replaces_the_old_platforms_cron_job(cron_conn: Conn, receiver: Receiver) -> None:
+def test_configure_replaces_the_old_platforms_cron_job(
+    cron_conn: Conn, cron_database_url: str, receiver: Receiver
+) -> None:
     """Two schedules never race: the old `process-job-queue` job, and any other job posting
     to process-jobs, go; other jobs stay."""
     others = ("process-job-queue", "picture-worker-copy", "nightly-report")
@@ -186,7 +189,22 @@ def test_configure_replaces_the_old_platforms_cron_job(cron_conn: Conn, receiver
         cron_conn.execute("select cron.schedule('nightly-report', '0 4 * * *', 'select 1')")
         assert posting_to_process_jobs(cron_conn) == ["picture-worker-copy", "process-job-queue"]
 
-        configure(cron_conn, receiver.url)
+        done = run_cli(
+            "configure-cron",
+            "--url",
+            receiver.url,
+            "--secret",
+            SECRET,
+            "--database-url",
+            cron_database_url,
+        )
+        assert done.returncode == 0, done.stderr
+        said = done.stdout.splitlines()
+        assert len(said) == 3 and said[-1].startswith("scheduled process-jobs-worker")
+        assert sorted(line.split("(")[1].split(")")[0] for line in said[:2]) == [
+            "picture-worker-copy",
+            "process-job-queue",
+        ]
         assert posting_to_process_jobs(cron_conn) == ["process-jobs-worker"]
         names = {row["jobname"] for row in cron_conn.execute("select jobname from cron.job")}
         assert "nightly-report" in names
