@@ -5,16 +5,18 @@
 -- history: add a file for each change, never edit one (imagegen migrate refuses).
 --
 -- Where the old database already has an object, `if not exists` keeps it and its rows;
--- the columns, constraints and indexes it lacks are added afterwards, one statement each,
--- so that both paths end in the same schema. What the old platform had that we replace
--- (its queue functions, views, policies and grants) is dropped and created anew.
+-- the columns, constraints and indexes the service relies on and it lacks are added
+-- afterwards, one statement each, so both paths end with everything the service uses (the
+-- old tables keep their own extra columns, nullability and foreign keys). What the old
+-- platform had that we replace (its queue functions, views, policies and grants) is
+-- dropped and created anew.
 --
 -- Sections: 1 Supabase shim, 2 private schema and settings, 3 tables, 4 models,
 -- 5 queue, 6 generations, 7 admission, 8 the failure rule, 9 views, 10 RLS and table
 -- grants, 11 cron, 12 storage, 13 function grants.
 
 -- Functions that exist before this file ran (the old platform's) keep their grants; every
--- function this file creates is private until section 10 grants it by name.
+-- function this file creates is private until section 13 grants it by name.
 drop table if exists pg_temp.baseline_functions_before;
 create temporary table baseline_functions_before as select oid from pg_proc;
 
