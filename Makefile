@@ -45,24 +45,37 @@ schema-snapshot: system-deps venv
 system-deps:
 	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] \
 	    || [ ! -f $(PG_LIB)/plpython3.so ] || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-	    echo "Installing $(APT_PACKAGES)"; \
+	    echo "==> installing Debian packages: $(APT_PACKAGES)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
 
+# Two stamps: the service's own dependencies (make dev), and those plus the test and
+# benchmark tools (make test). Either is redone when pyproject.toml changes.
+RUN_STAMP := $(VENV)/.installed-run
 venv: $(STAMP)
 
-# One venv for tests and benchmarks: the smoke test runs the benchmarks' quick mode.
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
+	@echo "==> creating $(VENV) (Python virtual environment)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	@$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	@echo "==> installing imagegen and what it needs to run (about a minute the first time)"
+	$(BIN)/pip install --progress-bar off -e .
+	touch $(RUN_STAMP)
+
+# One venv for tests and benchmarks: the smoke test runs the benchmarks' quick mode.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	@echo "==> installing imagegen with its test and benchmark tools (a few minutes the first time)"
+	$(BIN)/pip install --progress-bar off -e '.[dev,bench]'
+	touch $(STAMP) $(RUN_STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 .PHONY: dev
-# The embedded default: PostgreSQL + pg_cron under .local/, the service on 127.0.0.1:8000.
-dev: system-deps venv
+# The embedded default: PostgreSQL + pg_cron for .local/, the service on 127.0.0.1:8000
+# (PORT=N make dev for another port).
+dev: system-deps $(RUN_STAMP)
 	$(BIN)/imagegen dev

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
+from api.docs import install_docs
 from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.generation import run_prediction, store_output
@@ -79,18 +80,19 @@ class GenerationBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_max_length=4000)
 
-    prompt: str
-    model_id: str
-    model_version: str | None = None
-    width: Int32 | None = None
-    height: Int32 | None = None
-    num_inference_steps: Int32 | None = None
-    guidance_scale: float | None = None
-    seed: Int64 | None = None
-    negative_prompt: str | None = None
-    source_image_url: str | None = None
-    strength: float | None = None
-    style: str | None = None
+    # The examples are what the API docs show and "Try it out" sends.
+    prompt: str = Field(examples=["a lighthouse at dusk, oil painting"])
+    model_id: str = Field(examples=["black-forest-labs/flux-schnell"])
+    model_version: str | None = Field(default=None, examples=[None])
+    width: Int32 | None = Field(default=None, examples=[1344])
+    height: Int32 | None = Field(default=None, examples=[768])
+    num_inference_steps: Int32 | None = Field(default=None, examples=[4])
+    guidance_scale: float | None = Field(default=None, examples=[3.5])
+    seed: Int64 | None = Field(default=None, examples=[42])
+    negative_prompt: str | None = Field(default=None, examples=["blurry, low quality"])
+    source_image_url: str | None = Field(default=None, examples=["https://example.com/photo.jpg"])
+    strength: float | None = Field(default=None, examples=[0.8])
+    style: str | None = Field(default=None, examples=["photographic"])
 
     @field_validator("*")
     @classmethod
@@ -336,6 +338,17 @@ async def get_generation(request: Request) -> Response:
     return JSONResponse(generation)
 
 
+async def list_models(request: Request) -> Response:
+    """The models a user may choose from, with their limits (what `imagegen models` shows)."""
+    service = _service(request)
+    await service.user(request)
+    try:
+        models = await service.worker.db.list_models()
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    return JSONResponse({"models": [_json(row) for row in models]})
+
+
 async def health(request: Request) -> Response:
     service = _service(request)
     database = await service.worker.db.gateway.ping()
@@ -400,6 +413,15 @@ class EdgeMiddleware:
         )
 
 
+# A request that works on every deployment with the default models (and on `make dev`).
+REQUEST_EXAMPLE = {
+    "prompt": "a lighthouse at dusk, oil painting",
+    "model_id": "black-forest-labs/flux-schnell",
+    "width": 1344,
+    "height": 768,
+}
+
+
 def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
     """What the handlers parse themselves (the body, get-generation's id), for /openapi.json."""
     bodies: dict[str, type[BaseModel]] = {
@@ -409,9 +431,8 @@ def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
     }
     if name in bodies and method == "POST":
         schema = bodies[name].model_json_schema()
-        return {
-            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
-        }
+        content = {"schema": schema, "example": REQUEST_EXAMPLE}
+        return {"requestBody": {"required": True, "content": {"application/json": content}}}
     if name == "get-generation":
         uuid_schema = {"type": "string", "format": "uuid"}
         return {
@@ -460,13 +481,17 @@ def create_app(
         version="0.1.0",
         description="Image generation on PostgreSQL: the Picture Edge Functions, compatible.",
         lifespan=lifespan,
+        docs_url=None,  # served from the installed package by install_docs, not a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     routes: list[tuple[str, Endpoint, list[str]]] = [
         ("start-generation", start_generation, ["POST"]),
         ("process-jobs", process_jobs, ["POST", "GET"]),
         ("process-generation", process_generation, ["POST"]),
         ("generate-image", generate_image, ["POST"]),
         ("get-generation", get_generation, ["GET"]),
+        ("list-models", list_models, ["GET"]),
     ]
     for name, endpoint, methods in routes:
         for method in methods:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
+import shutil
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, NoReturn
 
 import httpx
 import psycopg
@@ -27,11 +30,39 @@ console = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def _fail(message: str) -> NoReturn:
+    """One readable line on stderr and exit status 1: no traceback for the user."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
 def _database_url(option: str | None) -> str:
-    url = option or os.environ.get("DATABASE_URL")
-    if not url:
-        raise typer.BadParameter("give --database-url or set DATABASE_URL")
-    return url
+    """--database-url, else DATABASE_URL, else the dev stack running from this project."""
+    if url := option or os.environ.get("DATABASE_URL"):
+        return url
+    from api.dev import DevError, DevState, local_dir, running_stack
+
+    root = local_dir()
+    try:
+        state = DevState.read(root)
+    except DevError as exc:
+        _fail(str(exc))
+    if state is None or running_stack(root) is None:
+        _fail(
+            f"no database given and no dev stack running in {root.parent}:"
+            " start one with `make dev`, or pass --database-url (or set DATABASE_URL)"
+        )
+    return state.database_url()
+
+
+def _service_url(option: str | None) -> str:
+    """--url, else IMAGEGEN_URL, else the running dev stack's, else the default."""
+    if url := option or os.environ.get("IMAGEGEN_URL"):
+        return url.rstrip("/")
+    from api.dev import local_dir, running_stack
+
+    stack = running_stack(local_dir())
+    return stack.url if stack else DEFAULT_URL
 
 
 DatabaseUrl = typer.Option(None, "--database-url", help="PostgreSQL URL (else DATABASE_URL).")
@@ -49,6 +80,7 @@ def _serve(settings: Settings, **app_options: Any) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through configure_logging's handler
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
 
@@ -87,8 +119,9 @@ def migrate_command(database_url: str | None = DatabaseUrl) -> None:
     try:
         applied = migrate(_database_url(database_url))
     except MigrationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        _fail(str(exc))
+    except psycopg.OperationalError as exc:
+        _fail(f"cannot connect to the database: {_first_line(exc)}")
     for name in applied:
         typer.echo(f"applied {name}")
     if not applied:
@@ -106,24 +139,26 @@ def configure_cron(
 ) -> None:
     """Schedule pg_cron to POST to <url>/functions/v1/process-jobs (URL and secret are
     kept in Vault or a service-only table, never in cron.job)."""
-    with psycopg.connect(_database_url(database_url), autocommit=True) as conn:
-        # The old platform's schedule it replaces is reported as a notice.
-        conn.add_notice_handler(lambda notice: typer.echo(notice.message_primary))
-        try:
+    try:
+        with psycopg.connect(_database_url(database_url), autocommit=True) as conn:
+            # The old platform's schedule it replaces is reported as a notice.
+            conn.add_notice_handler(lambda notice: typer.echo(notice.message_primary))
             row = conn.execute(
                 "select public.configure_worker_cron(%s, %s, %s)", (url, secret, schedule)
             ).fetchone()
-        except psycopg.Error as exc:
-            typer.echo(f"error: {exc.diag.message_primary or exc}", err=True)
-            raise typer.Exit(1) from exc
+    except psycopg.Error as exc:
+        _fail(exc.diag.message_primary or _first_line(exc))
     typer.echo(f"scheduled process-jobs-worker (cron job {row[0] if row else '?'})")
 
 
 @app.command()
 def queue(database_url: str | None = DatabaseUrl) -> None:
     """Show the queue_health view as a table."""
-    with psycopg.connect(_database_url(database_url), row_factory=dict_row) as conn:
-        rows = conn.execute("select * from queue_health order by job_type, status").fetchall()
+    try:
+        with psycopg.connect(_database_url(database_url), row_factory=dict_row) as conn:
+            rows = conn.execute("select * from queue_health order by job_type, status").fetchall()
+    except psycopg.Error as exc:
+        _fail(f"cannot read the queue: {_first_line(exc)}")
     table = Table(title="queue_health")
     for column in ("job_type", "status", "count", "oldest_job", "avg_duration_seconds"):
         table.add_column(column)
@@ -136,7 +171,7 @@ def queue(database_url: str | None = DatabaseUrl) -> None:
             f"{row['oldest_job']:%Y-%m-%d %H:%M:%S}",
             "" if duration is None else f"{duration:.2f}",
         )
-    Console().print(table if rows else "the queue is empty")
+    _wide_console().print(table if rows else "the queue is empty")
 
 
 @app.command()
@@ -147,138 +182,203 @@ def token(
     """Mint an access token for the local embedded default (never for a real project)."""
     import uuid
 
-    from api.dev import LOCAL_DIR, DevState, dev_token
+    from api.dev import DevError, DevState, dev_token, local_dir
 
-    if not (LOCAL_DIR / "state.json").exists():
-        typer.echo("error: no local stack here; run `make dev` first", err=True)
-        raise typer.Exit(1)
-    state = DevState.load(LOCAL_DIR)
+    root = local_dir()
+    try:
+        state = DevState.read(root)
+    except DevError as exc:
+        _fail(str(exc))
+    if state is None:
+        _fail(f"no dev stack in {root.parent}; run `make dev` first")
     if user_id:
-        state = DevState(**{**state.__dict__, "user_id": str(uuid.UUID(user_id))})
-    typer.echo(dev_token(state, os.environ.get("SUPABASE_URL", DEFAULT_URL), ttl))
+        try:
+            state = replace(state, user_id=str(uuid.UUID(user_id)))
+        except ValueError:
+            _fail("--user-id must be a UUID")
+    # The issuer is the URL the stack runs on: its token check compares them.
+    typer.echo(dev_token(state, _service_url(None), ttl))
 
 
 @app.command()
 def dev(
-    port: int = typer.Option(8000, help="Port of the service on 127.0.0.1."),
+    port: int = typer.Option(8000, envvar="PORT", help="Port of the service (env PORT)."),
+    host: str = typer.Option("127.0.0.1", envvar="HOST", help="Address to listen on (env HOST)."),
+    reset: bool = typer.Option(
+        False, "--reset", help="Delete the local stack (database, images, tokens) and exit."
+    ),
 ) -> None:
-    """Run everything locally: PostgreSQL + pg_cron under .local/, the service, the file
-    store and the Replicate simulator (unless REPLICATE_API_TOKEN is set)."""
-    from api.dev import (
-        LOCAL_DIR,
-        DevState,
-        dev_settings,
-        dev_token,
-        prepare_database,
-        start_database,
-    )
-    from worker.simulator import SimulatorConfig, create_simulator_app
+    """Run everything locally: PostgreSQL + pg_cron, the service, the file store and the
+    Replicate simulator (unless REPLICATE_API_TOKEN is set); state in the project's .local/."""
+    from api import dev as devstack
 
-    host = "127.0.0.1"
-    state = DevState.load(LOCAL_DIR)
-    console.print("starting PostgreSQL (pg_cron) under .local/postgres ...")
-    cluster = start_database(LOCAL_DIR, state)
-    try:
-        settings = dev_settings(state, host=host, port=port, database_url=cluster.url())
-        base = settings.supabase_url or f"http://{host}:{port}"
-        prepare_database(cluster.url(), state, base)
-        access_token = dev_token(state, base)
-        (LOCAL_DIR / "dev-token").write_text(access_token)
-        real = bool(os.environ.get("REPLICATE_API_TOKEN"))
-        console.print(
-            f"""
-[bold]imagegen is running[/bold]
-  API            {base}/functions/v1/start-generation   (docs: {base}/docs)
-  health         {base}/health      metrics: {base}/metrics
-  database       {cluster.url()}
-  storage        {base}/storage/v1/object/public/generated-images/...  (files in .local/storage)
-  replicate      {
-                "real Replicate (REPLICATE_API_TOKEN)"
-                if real
-                else f"SIMULATOR at {base}/replicate/v1 (no real model is called)"
-            }
-  pg_cron        process-jobs-worker calls {base}/functions/v1/process-jobs every minute
-  dev user       {state.user_id}
-  access token   saved in .local/dev-token
-
-Try it in another shell:
-  .venv/bin/imagegen generate "a lighthouse at dusk"
-Ctrl-C stops everything.
-"""
-        )
-        simulator = None if real else create_simulator_app(SimulatorConfig(latency_seconds=2.0))
-        _serve(settings, run_jobs=True, storage_root=LOCAL_DIR / "storage", simulator=simulator)
-    finally:
-        console.print("stopping PostgreSQL ...")
-        cluster.stop("fast")
+    if reset:
+        devstack.main_guard(lambda: devstack.reset(devstack.local_dir()))
+        devstack.say(f"removed {devstack.local_dir()}")
+        return
+    devstack.main_guard(lambda: devstack.run(host, port))
 
 
 def _default_token() -> str | None:
-    from api.dev import LOCAL_DIR
+    from api.dev import TOKEN_FILE, local_dir
 
-    path = LOCAL_DIR / "dev-token"
-    return os.environ.get("IMAGEGEN_TOKEN") or (path.read_text().strip() if path.exists() else None)
+    if token := os.environ.get("IMAGEGEN_TOKEN"):
+        return token
+    path = local_dir() / TOKEN_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+TERMINAL = ("completed", "failed")
+
+
+class ServiceClient:
+    """The service's HTTP API as a signed-in user calls it; failures are one line."""
+
+    def __init__(self, url: str, bearer: str | None) -> None:
+        if not bearer:
+            _fail("no access token: pass --token, set IMAGEGEN_TOKEN, or run `make dev` first")
+        self.url = url
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {bearer}"}, timeout=30
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, f"/functions/v1/{path}", **kwargs)
+        except httpx.ConnectError:
+            _fail(f"cannot reach imagegen at {self.url}: is `make dev` running? (or pass --url)")
+        except httpx.TimeoutException:
+            _fail(f"imagegen at {self.url} did not answer within 30 s; try again")
+        except httpx.HTTPError as exc:
+            _fail(f"talking to {self.url} failed: {type(exc).__name__}")
+        if response.status_code != 200:
+            _fail(f"refused ({response.status_code}): {_error(response)}")
+        try:
+            answer: dict[str, Any] = response.json()
+        except ValueError:
+            _fail(f"{self.url} answered with something that is not JSON: is it imagegen?")
+        return answer
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "list-models")["models"])
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def resolve_model(name: str, models: list[dict[str, Any]]) -> str:
+    """The model_id for `name`: a Replicate id, a models.id, a models.name, or the end of
+    a Replicate id where only one model ends so (`flux-schnell`)."""
+    for model in models:
+        if name in (model["replicate_id"], str(model["id"]), model["name"]):
+            return str(model["replicate_id"])
+    endings = [m for m in models if str(m["replicate_id"]).endswith(f"/{name}")]
+    if len(endings) == 1:
+        return str(endings[0]["replicate_id"])
+    known = [str(m["name"]) for m in models] + [str(m["replicate_id"]) for m in models]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    if len(endings) > 1:
+        hint = f"; it could be {' or '.join(m['replicate_id'] for m in endings)}"
+    _fail(f"unknown model {name!r}{hint} (`imagegen models` lists them)")
+
+
+UrlOption = typer.Option(
+    None, "--url", help="The service's base URL (else IMAGEGEN_URL, else the running dev stack)."
+)
+TokenOption = typer.Option(
+    None, "--token", help="User access token (else IMAGEGEN_TOKEN, else .local/dev-token)."
+)
+
+
+@app.command()
+def models(url: str | None = UrlOption, access_token: str | None = TokenOption) -> None:
+    """List the models you can generate with, their sizes and what they support."""
+    client = ServiceClient(_service_url(url), access_token or _default_token())
+    try:
+        rows = client.models()
+    finally:
+        client.close()
+    table = Table(title="models")
+    for column in ("name", "model_id", "width", "height", "steps", "img2img", "neg. prompt"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["name"]) + (" (default)" if row.get("is_default") else ""),
+            str(row["replicate_id"]),
+            f"{row['min_width']}-{row['max_width']}",
+            f"{row['min_height']}-{row['max_height']}",
+            f"≤ {row['max_steps']}",
+            "yes" if row.get("supports_img2img") else "no",
+            "yes" if row.get("supports_negative_prompt") else "no",
+        )
+    _wide_console().print(table)
 
 
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="What to draw."),
-    model: str = typer.Option("black-forest-labs/flux-schnell", "--model", help="model_id"),
+    model: str = typer.Option(
+        "flux-schnell", "--model", help="Model: name, Replicate id or id (`imagegen models`)."
+    ),
     width: int | None = typer.Option(None),
     height: int | None = typer.Option(None),
-    url: str = typer.Option(DEFAULT_URL, envvar="IMAGEGEN_URL", help="The service's base URL."),
-    access_token: str | None = typer.Option(
-        None, "--token", help="User access token (default: IMAGEGEN_TOKEN or .local/dev-token)."
-    ),
-    timeout: float = typer.Option(600, help="Give up after this many seconds."),
+    url: str | None = UrlOption,
+    access_token: str | None = TokenOption,
+    timeout: float = typer.Option(600, help="Stop waiting after this many seconds."),
 ) -> None:
     """Submit a prompt through the HTTP API as a user would, follow it, print the image URL."""
-    bearer = access_token or _default_token()
-    if not bearer:
-        typer.echo("error: no access token; pass --token or run `make dev` first", err=True)
-        raise typer.Exit(1)
-    headers = {"Authorization": f"Bearer {bearer}"}
-    body: dict[str, Any] = {"prompt": prompt, "model_id": model}
-    if width:
-        body["width"] = width
-    if height:
-        body["height"] = height
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-        answer = client.post("/functions/v1/start-generation", json=body)
-        if answer.status_code != 200:
-            typer.echo(f"refused ({answer.status_code}): {_error(answer)}", err=True)
-            raise typer.Exit(1)
-        generation_id = answer.json()["generation_id"]
+    client = ServiceClient(_service_url(url), access_token or _default_token())
+    try:
+        body: dict[str, Any] = {"prompt": prompt, "model_id": resolve_model(model, client.models())}
+        if width:
+            body["width"] = width
+        if height:
+            body["height"] = height
+        generation_id = client.request("POST", "start-generation", json=body)["generation_id"]
         generation = _follow(client, generation_id, timeout)
-    if generation.get("status") != "completed":
+    finally:
+        client.close()
+    status = generation.get("status")
+    if status not in TERMINAL:
         typer.echo(
-            f"failed: {generation.get('error_message') or generation.get('status')}", err=True
+            f"still {status} after {timeout:g} s; generation {generation_id} goes on"
+            " (run again with a longer --timeout, or watch `imagegen queue`)",
+            err=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(2)
+    if status == "failed":
+        _fail(f"generation failed: {generation.get('error_message') or 'no reason given'}")
     image = (generation.get("images") or [{}])[0]
     typer.echo(image.get("public_url", ""))
+
+
+def _wide_console() -> Console:
+    """The terminal's width, or a wide page when piped (rich would cut tables at 80)."""
+    return Console(width=shutil.get_terminal_size((160, 24)).columns)
 
 
 def _error(response: httpx.Response) -> str:
     try:
         return str(response.json().get("error", response.text))
     except ValueError:
-        return response.text
+        return response.text[:200]
 
 
-def _follow(client: httpx.Client, generation_id: str, timeout: float) -> dict[str, Any]:
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _follow(client: ServiceClient, generation_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    generation: dict[str, Any] = {}
+    generation: dict[str, Any] = {"status": "queued"}
     with console.status(f"generation {generation_id}: queued") as status:
         while time.monotonic() < deadline:
-            response = client.get("/functions/v1/get-generation", params={"id": generation_id})
-            if response.status_code == 200:
-                generation = response.json()
-                status.update(f"generation {generation_id}: {generation['status']}")
-                if generation["status"] in ("completed", "failed"):
-                    return generation
-            time.sleep(0.5)
-    generation.setdefault("error_message", f"still {generation.get('status')} after {timeout}s")
+            generation = client.request("GET", "get-generation", params={"id": generation_id})
+            status.update(f"generation {generation_id}: {generation['status']}")
+            if generation["status"] in TERMINAL:
+                break
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
     return generation
 
 

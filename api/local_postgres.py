@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 
@@ -25,6 +26,11 @@ def free_port() -> int:
         return port
 
 
+def postgres_url(port: int, password: str | None, database: str) -> str:
+    user = f"postgres:{quote(password, safe='')}" if password else "postgres"
+    return f"postgresql://{user}@127.0.0.1:{port}/{database}"
+
+
 class LocalPostgres:
     """One cluster in `data_dir`, listening on 127.0.0.1:`port` and a private socket."""
 
@@ -35,23 +41,29 @@ class LocalPostgres:
         port: int | None = None,
         cron_database: str = "imagegen",
         durable: bool = True,
+        password: str | None = None,
     ) -> None:
-        self.root = root
+        """`password`: the `postgres` role's, required on TCP (scram) and peer on the
+        socket; without one the cluster trusts every local connection (test clusters)."""
+        self.root = root.absolute()  # commands run from inside it
         self.data_dir = root / "data"
         self.socket_dir = root / "run"
         self.log_file = root / "postgres.log"
         self.port = port or free_port()
         self.cron_database = cron_database
         self.durable = durable
+        self.password = password
 
     def url(self, database: str | None = None) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.cron_database}"
+        return postgres_url(self.port, self.password, database or self.cron_database)
 
     def _run(self, *args: str, check: bool = True) -> int:
         command = [str(BIN_DIR / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        # From inside the cluster's own directory: the postgres user may be unable to
+        # enter the caller's working directory (a clone under /root).
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=self.root)
         if check and result.returncode != 0:
             log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}\n{log}")
@@ -68,20 +80,12 @@ class LocalPostgres:
         self._own(self.socket_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._own(self.data_dir)
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            )
+            self._initdb()
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
+            "unix_socket_permissions": "0700",
             "shared_preload_libraries": "'pg_cron'",
             "cron.database_name": f"'{self.cron_database}'",
             "cron.use_background_workers": "on",
@@ -101,6 +105,29 @@ class LocalPostgres:
         if "include = 'imagegen.conf'" not in conf.read_text():
             with conf.open("a") as handle:
                 handle.write("\ninclude = 'imagegen.conf'\n")
+
+    def _initdb(self) -> None:
+        auth = ["--auth=trust"]
+        password_file = self.root / "initdb.pw"
+        if self.password:
+            password_file.write_text(self.password + "\n")
+            password_file.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(password_file, "postgres", "postgres")
+            auth = ["--auth-local=peer", "--auth-host=scram-sha-256", f"--pwfile={password_file}"]
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                *auth,
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
 
     def start(self) -> None:
         self._run(

@@ -894,6 +894,57 @@ begin
 end
 $$;
 
+CREATE TABLE public.models (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    display_name text NOT NULL,
+    replicate_id text NOT NULL,
+    version text,
+    description text,
+    default_width integer DEFAULT 1024 NOT NULL,
+    default_height integer DEFAULT 1024 NOT NULL,
+    default_steps integer DEFAULT 30 NOT NULL,
+    default_guidance_scale numeric DEFAULT 7.5 NOT NULL,
+    default_strength numeric,
+    min_width integer DEFAULT 256 NOT NULL,
+    max_width integer DEFAULT 2048 NOT NULL,
+    min_height integer DEFAULT 256 NOT NULL,
+    max_height integer DEFAULT 2048 NOT NULL,
+    max_steps integer DEFAULT 50 NOT NULL,
+    supports_img2img boolean DEFAULT false NOT NULL,
+    supports_negative_prompt boolean DEFAULT false NOT NULL,
+    supports_seed boolean DEFAULT true NOT NULL,
+    supported_aspect_ratios jsonb,
+    strength_min numeric DEFAULT 0 NOT NULL,
+    strength_max numeric DEFAULT 1 NOT NULL,
+    estimated_time_seconds integer,
+    cost_per_generation numeric,
+    is_active boolean DEFAULT true NOT NULL,
+    is_default boolean DEFAULT false NOT NULL,
+    sort_order integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT models_check CHECK (((min_width <= max_width) AND (min_height <= max_height))),
+    CONSTRAINT models_check1 CHECK ((strength_min <= strength_max)),
+    CONSTRAINT models_default_guidance_scale_check CHECK ((default_guidance_scale >= (0)::numeric)),
+    CONSTRAINT models_default_height_check CHECK ((default_height > 0)),
+    CONSTRAINT models_default_steps_check CHECK ((default_steps > 0)),
+    CONSTRAINT models_default_strength_check CHECK (((default_strength >= (0)::numeric) AND (default_strength <= (1)::numeric))),
+    CONSTRAINT models_default_width_check CHECK ((default_width > 0)),
+    CONSTRAINT models_max_steps_check CHECK ((max_steps > 0)),
+    CONSTRAINT models_min_height_check CHECK ((min_height > 0)),
+    CONSTRAINT models_min_width_check CHECK ((min_width > 0)),
+    CONSTRAINT models_strength_max_check CHECK ((strength_max <= (1)::numeric)),
+    CONSTRAINT models_strength_min_check CHECK ((strength_min >= (0)::numeric))
+);
+
+CREATE FUNCTION public.list_models() RETURNS SETOF public.models
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select * from models where is_active order by sort_order, name
+$$;
+
 CREATE FUNCTION public.nudge_workers() RETURNS void
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1075,50 +1126,6 @@ CREATE VIEW public.failed_jobs_recent WITH (security_invoker='true') AS
    FROM public.job_queue
   WHERE ((job_queue.status = 'failed'::text) AND (job_queue.updated_at > (now() - '24:00:00'::interval)))
   ORDER BY job_queue.updated_at DESC;
-
-CREATE TABLE public.models (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    name text NOT NULL,
-    display_name text NOT NULL,
-    replicate_id text NOT NULL,
-    version text,
-    description text,
-    default_width integer DEFAULT 1024 NOT NULL,
-    default_height integer DEFAULT 1024 NOT NULL,
-    default_steps integer DEFAULT 30 NOT NULL,
-    default_guidance_scale numeric DEFAULT 7.5 NOT NULL,
-    default_strength numeric,
-    min_width integer DEFAULT 256 NOT NULL,
-    max_width integer DEFAULT 2048 NOT NULL,
-    min_height integer DEFAULT 256 NOT NULL,
-    max_height integer DEFAULT 2048 NOT NULL,
-    max_steps integer DEFAULT 50 NOT NULL,
-    supports_img2img boolean DEFAULT false NOT NULL,
-    supports_negative_prompt boolean DEFAULT false NOT NULL,
-    supports_seed boolean DEFAULT true NOT NULL,
-    supported_aspect_ratios jsonb,
-    strength_min numeric DEFAULT 0 NOT NULL,
-    strength_max numeric DEFAULT 1 NOT NULL,
-    estimated_time_seconds integer,
-    cost_per_generation numeric,
-    is_active boolean DEFAULT true NOT NULL,
-    is_default boolean DEFAULT false NOT NULL,
-    sort_order integer DEFAULT 0 NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT models_check CHECK (((min_width <= max_width) AND (min_height <= max_height))),
-    CONSTRAINT models_check1 CHECK ((strength_min <= strength_max)),
-    CONSTRAINT models_default_guidance_scale_check CHECK ((default_guidance_scale >= (0)::numeric)),
-    CONSTRAINT models_default_height_check CHECK ((default_height > 0)),
-    CONSTRAINT models_default_steps_check CHECK ((default_steps > 0)),
-    CONSTRAINT models_default_strength_check CHECK (((default_strength >= (0)::numeric) AND (default_strength <= (1)::numeric))),
-    CONSTRAINT models_default_width_check CHECK ((default_width > 0)),
-    CONSTRAINT models_max_steps_check CHECK ((max_steps > 0)),
-    CONSTRAINT models_min_height_check CHECK ((min_height > 0)),
-    CONSTRAINT models_min_width_check CHECK ((min_width > 0)),
-    CONSTRAINT models_strength_max_check CHECK ((strength_max <= (1)::numeric)),
-    CONSTRAINT models_strength_min_check CHECK ((strength_min >= (0)::numeric))
-);
 
 CREATE VIEW public.queue_health WITH (security_invoker='true') AS
  SELECT job_queue.job_type,
@@ -1355,6 +1362,13 @@ GRANT ALL ON FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], 
 REVOKE ALL ON FUNCTION public.invoke_worker() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.invoke_worker() TO service_role;
 
+GRANT SELECT ON TABLE public.models TO anon;
+GRANT SELECT ON TABLE public.models TO authenticated;
+GRANT ALL ON TABLE public.models TO service_role;
+
+REVOKE ALL ON FUNCTION public.list_models() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.list_models() TO service_role;
+
 REVOKE ALL ON FUNCTION public.nudge_workers() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.nudge_workers() TO service_role;
 
@@ -1380,10 +1394,6 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE imagegen.settings TO service_role;
 
 GRANT SELECT ON TABLE public.failed_jobs_recent TO authenticated;
 GRANT SELECT ON TABLE public.failed_jobs_recent TO service_role;
-
-GRANT SELECT ON TABLE public.models TO anon;
-GRANT SELECT ON TABLE public.models TO authenticated;
-GRANT ALL ON TABLE public.models TO service_role;
 
 GRANT SELECT ON TABLE public.queue_health TO authenticated;
 GRANT SELECT ON TABLE public.queue_health TO service_role;

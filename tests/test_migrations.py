@@ -152,7 +152,8 @@ def test_a_failure_in_a_later_file_rolls_back_the_whole_run(
     with pytest.raises(MigrationError) as refused:
         migrate(empty_database_url, migrations_copy)
     assert "0099_broken.sql failed: division by zero" in str(refused.value)
-    assert "nothing was applied (0001_baseline.sql rolled back too)" in str(refused.value)
+    applied_before = ", ".join(MIGRATION_NAMES)
+    assert f"nothing was applied ({applied_before} rolled back too)" in str(refused.value)
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute(
             "select to_regnamespace('imagegen'), to_regclass('public.job_queue')"

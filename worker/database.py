@@ -339,6 +339,9 @@ class Database:
     async def nudge_workers(self) -> None:
         await self.gateway.call("nudge_workers", {})
 
+    async def list_models(self) -> list[dict[str, Any]]:
+        return await self._rows("list_models")
+
     async def queue_depth(self) -> list[dict[str, Any]]:
         return await self._rows("queue_depth")
 

@@ -178,7 +178,7 @@ async def _create_and_save(
         wait_seconds=settings.replicate_wait_seconds or None,
         cancel_after_seconds=settings.prediction_timeout_seconds,
     )
-    log.info("prediction created", prediction_id=created.id, status=created.status)
+    log.debug("prediction created", prediction_id=created.id, status=created.status)
     if ledger is not None and not await ledger.save(created.id):
         raise PredictionNotSaved()
     return created

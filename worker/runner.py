@@ -70,6 +70,7 @@ class Runner:
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self.alive = False
+        self.stopped = asyncio.Event()  # set when run() has returned
 
     # Control.
 
@@ -121,6 +122,7 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self.alive = False
+            self.stopped.set()
             log.info("runner stopped", worker_id=self.worker_id)
 
     async def _sleep(self, seconds: float) -> None:
@@ -182,7 +184,7 @@ class Runner:
         else:
             self.stats.completed += 1
             metrics.JOBS_FINISHED.labels(job.job_type, "completed").inc()
-            bound.info("job completed", seconds=round(time.perf_counter() - started, 3))
+            bound.debug("job completed", seconds=round(time.perf_counter() - started, 3))
             return True
         finally:
             metrics.JOB_DURATION.labels(job.job_type).observe(time.perf_counter() - started)

@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.models import FLUX_SCHNELL_RATIOS, family_for, output_size
 
-log = structlog.get_logger(__name__).bind(simulator=True)
+log = structlog.get_logger(__name__, simulator=True)  # lazy: configured at first use
 
 MAX_WAIT_SECONDS = 60
 MAX_SIDE = 8192
@@ -446,7 +446,7 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
         cancel_after = parse_duration(request.headers.get("cancel-after", ""))
         assert isinstance(replicate_input, dict)  # validate_input checked it
         prediction = sim.create(model, version or None, replicate_input, cancel_after)
-        log.info("simulated prediction created", prediction_id=prediction.id, model=model)
+        log.debug("simulated prediction created", prediction_id=prediction.id, model=model)
         wait = parse_prefer_wait(request.headers.get("prefer"))
         if wait:
             remaining = min(prediction.ends_at() - time.monotonic(), wait)
@@ -497,7 +497,7 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
         now = time.monotonic()
         if prediction.status(now) in ("starting", "processing"):
             prediction.canceled_at = now
-            log.info("simulated prediction canceled", prediction_id=prediction.id)
+            log.debug("simulated prediction canceled", prediction_id=prediction.id)
         return JSONResponse(sim.to_json(prediction, _base_url(request)))
 
     async def download(request: Request) -> Response:

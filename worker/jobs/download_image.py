@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import uuid
 
+import structlog
+
 from worker.database import Job
 from worker.errors import PermanentJobError
 from worker.generation import store_output
 from worker.jobs.context import JobContext, LeaseLost
+
+log = structlog.get_logger(__name__)
 
 
 async def download_image(job: Job, ctx: JobContext) -> None:
@@ -35,3 +39,12 @@ async def download_image(job: Job, ctx: JobContext) -> None:
     )
     if image is None:
         raise LeaseLost()
+    # The one line a generation leaves at info level (failures log as warnings).
+    log.info(
+        "generation completed",
+        generation_id=str(generation_id),
+        model=image.get("model"),
+        size=f"{stored.info.width}x{stored.info.height}",
+        bytes=stored.file_size,
+        url=stored.public_url,
+    )

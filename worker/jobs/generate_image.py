@@ -58,4 +58,4 @@ async def generate_image(job: Job, ctx: JobContext) -> None:
     )
     if download_job is None:
         raise LeaseLost()
-    log.info("prediction done; download queued", download_job_id=str(download_job))
+    log.debug("prediction done; download queued", download_job_id=str(download_job))
