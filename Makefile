@@ -10,7 +10,7 @@ PG_BIN := /usr/lib/postgresql/15/bin
 PG_LIB := /usr/lib/postgresql/15/lib
 APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv
 
-.PHONY: test lint typecheck pytest torture bench bench-quick system-deps venv clean
+.PHONY: test lint typecheck pytest torture bench bench-quick system-deps venv clean schema-snapshot
 
 test: system-deps venv lint typecheck pytest
 
@@ -35,6 +35,11 @@ bench: system-deps venv
 
 bench-quick: system-deps venv
 	$(BIN)/python -m bench.run_all --quick
+
+# After adding a migration: rewrite tests/schema_snapshot.sql (pg_dump of a migrated
+# database) and commit it with the migration; tests/test_schema_snapshot.py compares them.
+schema-snapshot: system-deps venv
+	$(BIN)/python -m tests.schema_snapshot
 
 # Installs the Debian packages only when one of their files is missing.
 system-deps:

@@ -64,7 +64,8 @@ class ClientError(Exception):
         self.headers = headers
 
 
-# Admission control's refusals (sql/0011_admission.sql): SQLSTATE -> (status, Retry-After).
+# Admission control's refusals (sql/0001_baseline.sql, section 7): SQLSTATE -> (status,
+# Retry-After).
 REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
 
 
@@ -160,11 +161,13 @@ class Service:
         except AuthError as exc:
             raise ClientError(401, str(exc)) from exc
 
-    def require_worker_secret(self, request: Request) -> None:
+    async def require_worker_secret(self, request: Request) -> None:
+        """The worker secret, or the project's service-role key (what the old cron sends)."""
         secret = self.settings.worker_secret
-        if not verify_worker_secret(
-            request.headers.get("authorization"), secret.get_secret_value() if secret else None
-        ):
+        header = request.headers.get("authorization")
+        if verify_worker_secret(header, secret.get_secret_value() if secret else None):
+            return
+        if not await self.verifier.is_service_role(header):
             raise ClientError(401, "Missing or invalid worker secret")
 
 
@@ -220,7 +223,7 @@ async def start_generation(request: Request) -> Response:
 
 async def process_jobs(request: Request) -> Response:
     service = _service(request)
-    service.require_worker_secret(request)
+    await service.require_worker_secret(request)
     wait = request.query_params.get("wait", "").lower() in ("1", "true", "yes")
     try:
         if service.runs_jobs and not service.worker.runner.stopping:
@@ -243,7 +246,7 @@ async def process_jobs(request: Request) -> Response:
 
 async def process_generation(request: Request) -> Response:
     service = _service(request)
-    service.require_worker_secret(request)
+    await service.require_worker_secret(request)
     body = await parse_body(request, GenerationBody)
     params = await body.params(service.worker.db)
     try:

@@ -24,6 +24,8 @@ log = structlog.get_logger(__name__)
 
 AUDIENCE = "authenticated"
 USER_ROLE = "authenticated"
+# The project's service-role key is a JWT with this role (and no subject or audience).
+SERVICE_ROLE = "service_role"
 LEEWAY_SECONDS = 10
 # A kid we do not know triggers a JWKS refresh at most this often, so garbage can't hammer it.
 MIN_REFRESH_SECONDS = 30.0
@@ -95,6 +97,24 @@ class TokenVerifier:
         user = _user_from_claims(claims)
         self._remember(token, user)
         return user
+
+    async def is_service_role(self, authorization_header: str | None) -> bool:
+        """True for `Bearer <the project's service-role key>`, which the old platform's cron
+        job sends: verified like any token (the project's keys, expiry) and with the role
+        `service_role`. A user's token, however valid, is not one."""
+        try:
+            token = _bearer_token(authorization_header)
+            algorithm, key = await self._key_for(jwt.get_unverified_header(token))
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "role"], "verify_aud": False},
+            )
+        except (AuthError, jwt.InvalidTokenError):
+            return False
+        return claims.get("role") == SERVICE_ROLE
 
     def _recall(self, token: str) -> AuthenticatedUser | None:
         entry = self._verified.get(token)

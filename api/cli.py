@@ -141,6 +141,8 @@ def configure_cron(
     kept in Vault or a service-only table, never in cron.job)."""
     try:
         with psycopg.connect(_database_url(database_url), autocommit=True) as conn:
+            # The old platform's schedule it replaces is reported as a notice.
+            conn.add_notice_handler(lambda notice: typer.echo(notice.message_primary))
             row = conn.execute(
                 "select public.configure_worker_cron(%s, %s, %s)", (url, secret, schedule)
             ).fetchone()

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.pg import Server, fresh_database, prepare_template, start_server
+from tests.pg import Server, database_choice, fresh_database, prepare_template, start_server
 from tests.torture import TortureReport
 from worker.migrate import migrate
 
@@ -20,6 +20,11 @@ _REPORT = TortureReport()
 def torture_report() -> TortureReport:
     """Rows for the summary table printed at the end of the run (see tests/torture.py)."""
     return _REPORT
+
+
+def pytest_report_header() -> str:
+    """Which database the session runs on, in one line (a missing Docker daemon included)."""
+    return database_choice()[1]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -2,19 +2,24 @@
 
 A private cluster (pg_cron preloaded, `cron.database_name` = the cron database) starts
 in a temporary directory on a free port and is removed at session end; with
-TEST_DATABASE_URL the tests use that server instead. All migrations are applied once, to
-a template database; each test gets a copy of it (a file copy: milliseconds), dropped
-afterwards, so no test sees another's rows.
+TEST_DATABASE_URL the tests use that server instead. With TEST_DATABASE=supabase, where a
+Docker daemon answers, testcontainers starts Supabase's own PostgreSQL image (its roles,
+`auth` schema, pg_net, Vault and pg_cron 1.6 in its `postgres` database, which is then the
+cron database); without a daemon the session header says so in one line and the local
+cluster is used. All migrations are applied once, to a template database; each test gets
+a copy of it (a file copy: milliseconds), dropped afterwards, so no test sees another's
+rows.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -65,9 +70,63 @@ class ExistingServer:
             conn.execute(f'drop database if exists "{name}" with (force)'.encode())
 
 
+# Supabase's PostgreSQL image (override with SUPABASE_POSTGRES_IMAGE); its superuser.
+SUPABASE_IMAGE = os.environ.get("SUPABASE_POSTGRES_IMAGE", "supabase/postgres:15.8.1.085")
+SUPABASE_SUPERUSER = "supabase_admin"
+DOCKER_TIMEOUT_SECONDS = 1.0
+
+
+@functools.cache
+def database_choice() -> tuple[str, str]:
+    """Which server the session uses ("url", "supabase" or "local") and one line saying why."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return "url", "database: TEST_DATABASE_URL"
+    if os.environ.get("TEST_DATABASE", "").lower() != "supabase":
+        return "local", "database: a private PostgreSQL 15 cluster"
+    if (reason := docker_unavailable()) is None:
+        return "supabase", f"database: {SUPABASE_IMAGE} through testcontainers"
+    return "local", f"database: TEST_DATABASE=supabase, but {reason}: using the local cluster"
+
+
+def docker_unavailable() -> str | None:
+    """None when a Docker daemon answers within a second, else why not (one phrase)."""
+    try:
+        import docker  # testcontainers' own client
+    except ImportError:
+        return "the docker library is not installed (pip install -e '.[dev]')"
+    try:
+        client = docker.from_env(timeout=DOCKER_TIMEOUT_SECONDS)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        return f"no Docker daemon answers ({type(exc).__name__})"
+    return None
+
+
+def supabase_container() -> Iterator[Server]:
+    from testcontainers.postgres import PostgresContainer
+
+    password = uuid.uuid4().hex
+    container: Any = PostgresContainer(
+        SUPABASE_IMAGE, username="postgres", password=password, dbname="postgres"
+    )
+    with container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5432)
+        yield ExistingServer(f"postgresql://{SUPABASE_SUPERUSER}:{password}@{host}:{port}/postgres")
+
+
+def is_plain_local(server: Server) -> bool:
+    """True for the private cluster the harness starts (what the schema snapshot is of)."""
+    return isinstance(server, LocalPostgres)
+
+
 def start_server() -> Iterator[Server]:
-    if url := os.environ.get("TEST_DATABASE_URL"):
-        yield ExistingServer(url)
+    choice, _ = database_choice()
+    if choice == "url":
+        yield ExistingServer(os.environ["TEST_DATABASE_URL"])
+        return
+    if choice == "supabase":
+        yield from supabase_container()
         return
     cluster = LocalPostgres(
         Path(tempfile.mkdtemp(prefix="imagegen-pg-")), cron_database="imagegen", durable=False

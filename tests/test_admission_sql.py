@@ -1,6 +1,6 @@
-"""Admission control (sql/0011_admission.sql): the per-user limit admits exactly the limit;
-the queue bound's shared count admits on a recent count far from it and refuses only on a
-fresh count; a small bound always counts."""
+"""Admission control (sql/0001_baseline.sql, section 7): the per-user limit admits exactly
+the limit; the queue bound's shared count admits on a recent count far from it and refuses
+only on a fresh count; a small bound always counts."""
 
 from __future__ import annotations
 

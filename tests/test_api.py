@@ -326,8 +326,8 @@ def test_legacy_generate_image_both_shapes(conn: psycopg.Connection[Any], servic
 
     # With a generation_id the images row is written and the generation completed.
     generation_id = conn.execute(
-        "insert into image_generations (user_id, prompt, model_id, status) values (%s, 'a dog', %s, 'processing') returning id",
-        (user, FLUX),
+        "insert into image_generations (user_id, prompt, model, status) values (%s, 'a dog', 'flux-schnell', 'processing') returning id",
+        (user,),
     ).fetchone()["id"]
     linked = service.post(
         "generate-image",
@@ -384,3 +384,83 @@ def test_health_and_metrics(service: Service) -> None:
     ):
         assert name in metrics
     assert httpx.get(f"{service.url}/openapi.json").json()["paths"]
+
+
+# Models named either way, and only their own version (upgrade issue, point 3)
+
+
+def test_start_generation_takes_the_models_id_or_its_replicate_id(
+    conn: psycopg.Connection[Any], service: Service
+) -> None:
+    user = make_user(conn)
+    model = conn.execute("select id from models where replicate_id = %s", (FLUX,)).fetchone()
+    for model_id in (str(model["id"]), FLUX):  # the web app sends the uuid
+        answer = service.post(
+            "start-generation", {"prompt": "a fox", "model_id": model_id}, service.token(user)
+        )
+        assert answer.status_code == 200, answer.text
+        row = wait_for_status(conn, answer.json()["generation_id"])
+        assert (row["status"], row["model_id"], row["model"]) == (
+            "completed",
+            model["id"],
+            "flux-schnell",
+        )
+
+
+@pytest.mark.parametrize("endpoint", ["start-generation", "generate-image"])
+def test_a_foreign_model_version_is_a_400_naming_the_field_and_writes_nothing(
+    conn: psycopg.Connection[Any], service: Service, endpoint: str
+) -> None:
+    user = make_user(conn)
+    sdxl = conn.execute("select version from models where name = 'sdxl'").fetchone()["version"]
+    foreign = "0" * 64  # any other Replicate model, at any price
+    for model_id, version in ((FLUX, foreign), ("stability-ai/sdxl", foreign), (FLUX, sdxl)):
+        body = {"prompt": "x", "model_id": model_id, "model_version": version}
+        response = service.post(endpoint, body, service.token(user))
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error"}
+        assert response.json()["error"].startswith("model_version")
+    assert rows(conn) == (0, 0)
+    assert service.stack.predictions_created() == 0
+    own = {"prompt": "x", "model_id": "stability-ai/sdxl", "model_version": sdxl}
+    assert service.post("start-generation", own, service.token(user)).status_code == 200
+
+
+def test_the_legacy_path_takes_the_models_id(
+    conn: psycopg.Connection[Any], service: Service
+) -> None:
+    model = conn.execute("select id from models where replicate_id = %s", (FLUX,)).fetchone()
+    body = {"prompt": "a cat", "model_id": str(model["id"])}
+    answer = service.post("generate-image", body, service.token(make_user(conn)))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["format"] == "webp"
+
+
+# The old cron's credential (upgrade issue, point 4)
+
+
+def service_role_key(secret: str = JWT_SECRET, **claims: Any) -> str:
+    """Shaped as a Supabase project's service-role key: no subject, no audience."""
+    payload = {"iss": "supabase", "ref": "picture", "role": "service_role", "iat": 1756258955}
+    payload |= {"exp": int(time.time()) + 10 * 365 * 86400} | claims
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
+
+
+def test_process_jobs_accepts_the_service_role_key_the_old_cron_sends(
+    conn: psycopg.Connection[Any], service: Service
+) -> None:
+    accepted = service.post("process-jobs", {}, service_role_key())
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["success"] is True
+    user = make_user(conn)
+    refused = [
+        service.token(user),  # a signed-in user's token
+        service_role_key(secret="another-projects-secret-0123456789abcdef"),
+        service_role_key(exp=int(time.time()) - 3600),
+        service_role_key(role="anon"),  # the anon key
+        service_role_key(exp=None),
+    ]
+    for token in refused:
+        response = service.post("process-jobs", {}, token)
+        assert response.status_code == 401, token
+        assert set(response.json()) == {"error"}

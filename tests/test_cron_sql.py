@@ -1,4 +1,4 @@
-"""The worker trigger and retention (sql/0008_cron.sql): pg_cron, net.http_post, a real
+"""The worker trigger and retention (sql/0001_baseline.sql, section 11): pg_cron, net.http_post, a real
 HTTP receiver on 127.0.0.1, and one real pg_cron tick."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 
 from api.local_postgres import free_port
 from tests.conftest import http_response
+from tests.test_migrations import run_cli
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -151,6 +152,67 @@ def test_configure_schedules_the_worker_and_the_retention_job(
         ("worker_secret", SECRET),
         ("job_retention", "7 days"),
     }
+
+
+# What picture/setup-cron-job.sql scheduled on the old project (its shape; the key is fake).
+OLD_CRON_COMMAND = """
+    SELECT net.http_post(
+      url := 'https://picture.supabase.co/functions/v1/process-jobs',
+      headers := jsonb_build_object('Content-Type', 'application/json',
+                                    'Authorization', 'Bearer eyJ.service-role.key'),
+      body := '{}'::jsonb
+    );
+"""
+
+
+def posting_to_process_jobs(conn: Conn) -> list[str]:
+    rows = conn.execute(
+        "select jobname from cron.job where command like '%/functions/v1/process-jobs%'"
+        " or command = 'select public.invoke_worker()' order by jobname"
+    ).fetchall()
+    return [row["jobname"] for row in rows]
+
+
+def test_configure_replaces_the_old_platforms_cron_job(
+    cron_conn: Conn, cron_database_url: str, receiver: Receiver
+) -> None:
+    """Two schedules never race: the old `process-job-queue` job, and any other job posting
+    to process-jobs, go; other jobs stay."""
+    others = ("process-job-queue", "picture-worker-copy", "nightly-report")
+    try:
+        cron_conn.execute(
+            "select cron.schedule('process-job-queue', '* * * * *', %s)", (OLD_CRON_COMMAND,)
+        )
+        cron_conn.execute(
+            "select cron.schedule('picture-worker-copy', '*/2 * * * *', %s)",
+            (OLD_CRON_COMMAND.replace("picture.supabase.co", "mirror.example.test"),),
+        )
+        cron_conn.execute("select cron.schedule('nightly-report', '0 4 * * *', 'select 1')")
+        assert posting_to_process_jobs(cron_conn) == ["picture-worker-copy", "process-job-queue"]
+
+        done = run_cli(
+            "configure-cron",
+            "--url",
+            receiver.url,
+            "--secret",
+            SECRET,
+            "--database-url",
+            cron_database_url,
+        )
+        assert done.returncode == 0, done.stderr
+        said = done.stdout.splitlines()
+        assert len(said) == 3 and said[-1].startswith("scheduled process-jobs-worker")
+        assert sorted(line.split("(")[1].split(")")[0] for line in said[:2]) == [
+            "picture-worker-copy",
+            "process-job-queue",
+        ]
+        assert posting_to_process_jobs(cron_conn) == ["process-jobs-worker"]
+        names = {row["jobname"] for row in cron_conn.execute("select jobname from cron.job")}
+        assert "nightly-report" in names
+    finally:
+        for name in others:
+            if cron_conn.execute("select 1 from cron.job where jobname = %s", (name,)).fetchone():
+                cron_conn.execute("select cron.unschedule(%s)", (name,))
 
 
 def test_reconfiguring_replaces_the_schedule_instead_of_adding_one(

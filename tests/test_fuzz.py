@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import string
 import time
 import uuid
 from collections.abc import Iterator
@@ -151,7 +150,9 @@ def _side(low: int, high: int) -> st.SearchStrategy[int]:
 def valid_requests(draw: st.DrawFn, models: list[dict[str, Any]]) -> dict[str, Any]:
     """A request within the model's limits, each optional field present or not."""
     model = draw(st.sampled_from(models))
-    body: dict[str, Any] = {"prompt": draw(PROMPTS), "model_id": model["replicate_id"]}
+    # Named by its Replicate id or its row id (as the web app does).
+    model_id = draw(st.sampled_from([model["replicate_id"], str(model["id"])]))
+    body: dict[str, Any] = {"prompt": draw(PROMPTS), "model_id": model_id}
 
     def maybe(name: str, strategy: st.SearchStrategy[Any]) -> None:
         if draw(st.booleans()):
@@ -164,7 +165,7 @@ def valid_requests(draw: st.DrawFn, models: list[dict[str, Any]]) -> dict[str, A
     maybe("seed", st.integers(0, 2**32 - 1))
     maybe("negative_prompt", st.text(TEXT, max_size=100))
     maybe("style", st.text(TEXT, max_size=100))
-    maybe("model_version", st.text(string.hexdigits, min_size=1, max_size=64))
+    maybe("model_version", st.just(model["version"]))  # only the model's own is accepted
     if model["supports_img2img"] and draw(st.booleans()):
         body["source_image_url"] = draw(
             st.sampled_from(["https://images.example/a.png", "http://cdn.example/x?y=%20"])

@@ -1,4 +1,4 @@
-"""A generation's life in SQL (sql/0005_generation_functions.sql) on the real cluster."""
+"""A generation's life in SQL (sql/0001_baseline.sql, section 6) on the real cluster."""
 
 from __future__ import annotations
 
@@ -119,7 +119,6 @@ def test_start_generation_writes_the_row_and_the_job_together(
         conn,
         user_id,
         model_id=FLUX_DEV,
-        model_version="abc123",
         width=768,
         height=512,
         num_inference_steps=20,
@@ -137,7 +136,13 @@ def test_start_generation_writes_the_row_and_the_job_together(
     assert row["prompt"] == "a lighthouse at dusk"
     assert row["negative_prompt"] == "blurry"
     assert row["model"] == "flux-dev"
-    assert row["model_id"] == FLUX_DEV
+    # The models row (a uuid, as on the old database); the job carries the Replicate id.
+    assert (
+        row["model_id"]
+        == conn.execute("select id from models where replicate_id = %s", (FLUX_DEV,)).fetchone()[
+            "id"
+        ]
+    )
     assert row["style"] == "cinematic"
     assert (row["width"], row["height"], row["steps"]) == (768, 512, 20)
     assert float(row["guidance_scale"]) == 3.5
@@ -159,7 +164,7 @@ def test_start_generation_writes_the_row_and_the_job_together(
         "prompt": "a lighthouse at dusk",
         "negative_prompt": "blurry",
         "model_id": FLUX_DEV,
-        "model_version": "abc123",
+        "model_version": None,
         "width": 768,
         "height": 512,
         "num_inference_steps": 20,
@@ -653,3 +658,51 @@ def test_cancel_leaves_the_users_other_generations_alone(conn: Conn, user_id: uu
         conn.execute("select cancel_generation(%s)", (first["generation_id"],))
     assert generation(conn, second["generation_id"])["status"] == "queued"
     assert job(conn, second["job_id"])["status"] == "pending"
+
+
+# One rule, on the job: a generation fails when its job finally fails or is cancelled
+
+
+def active(conn: Conn, user_id: uuid.UUID) -> int:
+    row = conn.execute("select imagegen.active_generations(%s) as n", (user_id,)).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "select cancel_job(%(job)s, 'Stopped by an operator')",
+        "select complete_job(%(job)s, 'Stopped by an operator', p_retryable => false)",
+        "update job_queue set status = 'failed', error_message = 'Stopped by an operator'"
+        " where id = %(job)s",
+    ],
+    ids=["cancel_job", "complete_job_permanent_error", "operator_update"],
+)
+def test_a_generation_fails_with_its_job_however_the_job_ends(
+    conn: Conn, user_id: uuid.UUID, ending: str
+) -> None:
+    started = start(conn, user_id)
+    claim(conn, "w1")
+    assert active(conn, user_id) == 1
+    conn.execute(ending, {"job": started["job_id"]})
+    row = generation(conn, started["generation_id"])
+    assert (row["status"], row["error_message"]) == ("failed", "Stopped by an operator")
+    assert active(conn, user_id) == 0  # admission no longer counts it
+
+
+def test_a_retried_or_completed_job_leaves_its_generation_alone(
+    conn: Conn, user_id: uuid.UUID
+) -> None:
+    started = start(conn, user_id)
+    claim(conn, "w1")
+    conn.execute("select complete_job(%s, 'a transient error')", (started["job_id"],))
+    assert job(conn, started["job_id"])["status"] == "pending"
+    assert generation(conn, started["generation_id"])["status"] == "queued"
+    finished = start(conn, user_id)
+    conn.execute(
+        "update image_generations set status = 'completed' where id = %s",
+        (finished["generation_id"],),
+    )
+    conn.execute("select cancel_job(%s)", (finished["job_id"],))
+    assert generation(conn, finished["generation_id"])["status"] == "completed"

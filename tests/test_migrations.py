@@ -23,6 +23,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 IMAGEGEN = Path(sys.executable).parent / "imagegen"
 MIGRATION_NAMES = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
+BASELINE = MIGRATIONS_DIR / "0001_baseline.sql"
 
 
 @pytest.fixture
@@ -100,11 +101,11 @@ def test_an_edited_applied_migration_is_refused(
 ) -> None:
     assert migrate(empty_database_url, migrations_copy) == MIGRATION_NAMES
     before = recorded(empty_database_url)
-    edited = migrations_copy / "0004_queue_functions.sql"
+    edited = migrations_copy / "0001_baseline.sql"
     edited.write_text(edited.read_text() + "\n-- a quiet change\n")
     (migrations_copy / "0099_later.sql").write_text("create table public.later (id int);\n")
 
-    with pytest.raises(MigrationError, match=r"0004_queue_functions\.sql was edited"):
+    with pytest.raises(MigrationError, match=r"0001_baseline\.sql was edited"):
         migrate(empty_database_url, migrations_copy)
 
     # Nothing after the refusal ran, and the record is untouched.
@@ -118,11 +119,11 @@ def test_the_cli_refuses_an_edited_migration_with_a_clear_error(empty_database_u
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute(
             "update imagegen.migrations set checksum = repeat('0', 64)"
-            " where name = '0002_tables.sql'"
+            " where name = '0001_baseline.sql'"
         )
     result = run_cli("migrate", "--database-url", empty_database_url)
     assert result.returncode == 1
-    assert "error: migration 0002_tables.sql was edited after it was applied" in result.stderr
+    assert "error: migration 0001_baseline.sql was edited after it was applied" in result.stderr
     assert "add a new migration" in result.stderr
 
 
@@ -141,6 +142,22 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(
 
     broken.write_text("create table public.half_done (id int);\n")
     assert migrate(empty_database_url, migrations_copy) == ["0099_broken.sql"]
+
+
+def test_a_failure_in_a_later_file_rolls_back_the_whole_run(
+    empty_database_url: str, migrations_copy: Path
+) -> None:
+    """All pending files are one transaction: the baseline applied before is undone too."""
+    (migrations_copy / "0099_broken.sql").write_text("select 1 / 0;\n")
+    with pytest.raises(MigrationError) as refused:
+        migrate(empty_database_url, migrations_copy)
+    assert "0099_broken.sql failed: division by zero" in str(refused.value)
+    applied_before = ", ".join(MIGRATION_NAMES)
+    assert f"nothing was applied ({applied_before} rolled back too)" in str(refused.value)
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute(
+            "select to_regnamespace('imagegen'), to_regclass('public.job_queue')"
+        ).fetchone() == (None, None)
 
 
 def test_an_empty_migrations_directory_is_an_error(tmp_path: Path, empty_database_url: str) -> None:
@@ -181,7 +198,7 @@ def test_the_shim_changes_nothing_where_its_objects_exist(conn: Conn) -> None:
         "auth.role()",
         "net.http_post(text,jsonb,jsonb,jsonb,integer)",
     }
-    conn.execute((MIGRATIONS_DIR / "0001_supabase_shim.sql").read_bytes())
+    conn.execute(BASELINE.read_bytes())
     assert snapshot(conn) == before
 
 
@@ -236,13 +253,13 @@ def test_every_migration_can_run_again_on_a_migrated_database(conn: Conn) -> Non
 
 def test_the_tables_join_the_realtime_publication_when_it_exists(conn: Conn) -> None:
     conn.execute("create publication supabase_realtime")
-    conn.execute((MIGRATIONS_DIR / "0007_security.sql").read_bytes())
+    conn.execute(BASELINE.read_bytes())
     rows = conn.execute(
         "select tablename from pg_publication_tables where pubname = 'supabase_realtime'"
         " order by tablename"
     ).fetchall()
     assert [row["tablename"] for row in rows] == ["image_generations", "job_queue"]
-    conn.execute((MIGRATIONS_DIR / "0007_security.sql").read_bytes())  # and only once
+    conn.execute(BASELINE.read_bytes())  # and only once
 
 
 def test_the_old_platforms_queue_is_upgraded_in_place(empty_database_url: str) -> None:

@@ -1,4 +1,4 @@
-"""The queue functions (sql/0004_queue_functions.sql) on the real cluster."""
+"""The queue functions (sql/0001_baseline.sql, section 5) on the real cluster."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Row level security and grants (sql/0007_security.sql) with the real Supabase roles."""
+"""Row level security and grants (sql/0001_baseline.sql, sections 10 and 13) with the real Supabase roles."""
 
 from __future__ import annotations
 

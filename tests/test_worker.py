@@ -117,8 +117,9 @@ async def test_generations_of_every_family_complete(
         row["error_message"] for row in rows.values() if row["status"] != "completed"
     ]
     images = conn.execute(
-        "select i.*, g.model_id, g.width as asked_width, g.height as asked_height"
-        " from images i join image_generations g on g.id = i.generation_id"
+        "select i.*, m.replicate_id as model_id, g.width as asked_width,"
+        " g.height as asked_height from images i"
+        " join image_generations g on g.id = i.generation_id join models m on m.id = g.model_id"
         " where i.generation_id = any(%s)",
         (ids,),
     ).fetchall()

@@ -1,4 +1,13 @@
-"""Apply the SQL migrations in `sql/` in order, once each, recorded with a checksum."""
+"""Apply the SQL migrations in `sql/` in order, once each, recorded with a checksum.
+
+All pending files are applied in one transaction: either every one of them is applied
+and recorded, or (on any error) none is and the database is exactly as it was. On the
+old platform's database the baseline is only consistent as a whole with what follows it,
+so a run that stopped after some files would leave a state nobody tested. The price: a
+migration cannot use statements that refuse a transaction block (`create index
+concurrently`, `vacuum`, `alter system`); none do, and a later one that must will need
+its own mechanism.
+"""
 
 from __future__ import annotations
 
@@ -49,36 +58,48 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+    """Apply pending migrations; return the names applied (empty when up to date).
+
+    On any failure nothing is applied (one transaction) and MigrationError names the file.
+    """
     migrations = load_migrations(directory)
     applied: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(_CREATE_TABLE)
-            done: dict[str, str] = dict(
-                conn.execute("select name, checksum from imagegen.migrations").fetchall()
-            )
-            for migration in migrations:
-                recorded = done.get(migration.name)
-                if recorded == migration.checksum:
-                    continue
-                if recorded is not None:
-                    raise MigrationError(
-                        f"migration {migration.name} was edited after it was applied "
-                        f"(checksum {recorded[:12]} in the database, {migration.checksum[:12]} "
-                        "on disk): add a new migration instead of changing an applied one"
-                    )
-                with conn.transaction():
+            with conn.transaction():
+                # Released at commit or rollback: a second migrator waits, then sees the work.
+                conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                conn.execute(_CREATE_TABLE)
+                done: dict[str, str] = dict(
+                    conn.execute("select name, checksum from imagegen.migrations").fetchall()
+                )
+                for migration in migrations:
+                    recorded = done.get(migration.name)
+                    if recorded == migration.checksum:
+                        continue
+                    if recorded is not None:
+                        raise MigrationError(
+                            f"migration {migration.name} was edited after it was applied "
+                            f"(checksum {recorded[:12]} in the database, "
+                            f"{migration.checksum[:12]} on disk): add a new migration "
+                            "instead of changing an applied one"
+                        )
                     try:
                         conn.execute(migration.sql.encode())
                     except psycopg.Error as exc:
-                        raise MigrationError(f"migration {migration.name} failed: {exc}") from exc
+                        raise MigrationError(
+                            f"migration {migration.name} failed: {exc}" + _nothing_applied(applied)
+                        ) from exc
                     conn.execute(
                         "insert into imagegen.migrations (name, checksum) values (%s, %s)",
                         (migration.name, migration.checksum),
                     )
-                applied.append(migration.name)
-        finally:
-            conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
+                    applied.append(migration.name)
+        except psycopg.Error as exc:
+            raise MigrationError(f"migrations failed: {exc}{_nothing_applied(applied)}") from exc
     return applied
+
+
+def _nothing_applied(before: list[str]) -> str:
+    rolled_back = f" ({', '.join(before)} rolled back too)" if before else ""
+    return f"; nothing was applied{rolled_back}, the database is as it was"

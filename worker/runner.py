@@ -193,19 +193,11 @@ class Runner:
         self.stats.errors += 1
         details = {"worker_id": self.worker_id, "attempt": job.attempts}
         try:
-            if "generation_id" in job.payload:
-                status = await self.db.fail_generation(
-                    job.id, self.worker_id, message, error_details=details, retryable=retryable
-                )
-            else:
-                counted = await self.db.complete_job(
-                    job.id,
-                    self.worker_id,
-                    error=message,
-                    error_details=details,
-                    retryable=retryable,
-                )
-                status = "recorded" if counted else None
+            # The job retries or fails; its generation, if any, follows in SQL (the rule
+            # "a generation fails when its job finally fails" lives on job_queue).
+            status = await self.db.fail_generation(
+                job.id, self.worker_id, message, error_details=details, retryable=retryable
+            )
         except (GatewayUnavailable, DatabaseError) as exc:
             # The lease runs out and another worker retries: nothing is lost.
             bound.error("could not record failure", error=str(exc))

@@ -54,7 +54,7 @@ log = structlog.get_logger(__name__, simulator=True)  # lazy: configured at firs
 MAX_WAIT_SECONDS = 60
 MAX_SIDE = 8192
 
-# Public version hashes of the seeded models (sql/0003_models.sql) -> their model.
+# Public version hashes of the seeded models (sql/0001_baseline.sql, section 4) -> their model.
 KNOWN_VERSIONS = {
     "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637": (
         "bytedance/sdxl-lightning-4step"

@@ -1,0 +1,1405 @@
+CREATE SCHEMA auth;
+
+CREATE SCHEMA imagegen;
+
+CREATE SCHEMA net;
+
+CREATE EXTENSION IF NOT EXISTS plpython3u WITH SCHEMA pg_catalog;
+
+COMMENT ON EXTENSION plpython3u IS 'PL/Python3U untrusted procedural language';
+
+CREATE FUNCTION auth.jwt() RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+            select coalesce(nullif(current_setting('request.jwt.claims', true), ''), '{}')::jsonb
+        $$;
+
+CREATE FUNCTION auth.role() RETURNS text
+    LANGUAGE sql STABLE
+    AS $$ select auth.jwt() ->> 'role' $$;
+
+CREATE FUNCTION auth.uid() RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$
+            select nullif(
+                coalesce(
+                    nullif(current_setting('request.jwt.claim.sub', true), ''),
+                    auth.jwt() ->> 'sub'
+                ),
+                ''
+            )::uuid
+        $$;
+
+CREATE FUNCTION imagegen.active_generations(p_user_id uuid) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select count(*)::integer
+    from image_generations
+    where user_id = p_user_id and status in ('pending', 'queued', 'processing', 'downloading')
+$$;
+
+CREATE FUNCTION imagegen.admit_generation(p_user_id uuid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_user_limit integer := imagegen.integer_setting('max_active_generations_per_user', 50);
+    v_queue_limit integer := imagegen.integer_setting('max_queue_depth', 10000);
+begin
+    if v_queue_limit > 0 and imagegen.queue_full(v_queue_limit) then
+        raise exception using errcode = 'PT503',
+            message = 'The service is busy with too many waiting generations. '
+                      'Please try again in a minute.';
+    end if;
+    if v_user_limit <= 0 then
+        return;
+    end if;
+    -- At the limit already: refused at once, without queueing behind this user's lock
+    -- (a burst is answered in parallel). Else take the lock and count again.
+    if imagegen.active_generations(p_user_id) < v_user_limit then
+        perform pg_advisory_xact_lock(hashtextextended('imagegen.admission:' || p_user_id, 0));
+        if imagegen.active_generations(p_user_id) < v_user_limit then
+            return;
+        end if;
+    end if;
+    raise exception using errcode = 'PT429',
+        message = format('You already have %s generations in progress, the most allowed at '
+                         'once. Please wait for one to finish.', v_user_limit);
+end
+$$;
+
+CREATE FUNCTION imagegen.cron_version_at_least(p_major integer, p_minor integer) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce(
+        (select (string_to_array(split_part(extversion, '-', 1), '.'))[1]::integer > p_major
+             or ((string_to_array(split_part(extversion, '-', 1), '.'))[1]::integer = p_major
+                 and coalesce((string_to_array(split_part(extversion, '-', 1), '.'))[2]::integer,
+                              0) >= p_minor)
+         from pg_extension where extname = 'pg_cron'),
+        false)
+$$;
+
+CREATE FUNCTION imagegen.fail_generation_of_ended_job() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+begin
+    if new.payload ->> 'generation_id' ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
+        update image_generations
+        set status = 'failed', updated_at = now(),
+            error_message = coalesce(new.error_message, 'Image generation failed'),
+            retry_count = greatest(new.attempts - 1, 0)
+        where id = (new.payload ->> 'generation_id')::uuid
+          and status in ('pending', 'queued', 'processing', 'downloading');
+    end if;
+    return null;
+end
+$_$;
+
+CREATE FUNCTION imagegen.get_setting(p_key text) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'imagegen', 'pg_temp'
+    AS $_$
+declare
+    v_value text;
+begin
+    if to_regclass('vault.decrypted_secrets') is not null then
+        execute 'select decrypted_secret from vault.decrypted_secrets where name = $1'
+            into v_value using 'imagegen_' || p_key;
+        if v_value is not null then
+            return v_value;
+        end if;
+    end if;
+    select value into v_value from imagegen.settings where key = p_key;
+    return v_value;
+end
+$_$;
+
+CREATE FUNCTION imagegen.held_generation(p_job_id uuid, p_worker_id text) RETURNS uuid
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select (payload ->> 'generation_id')::uuid
+    from job_queue
+    where id = p_job_id
+      and status = 'processing'
+      and (p_worker_id is null or locked_by = p_worker_id)
+$$;
+
+CREATE FUNCTION imagegen.integer_setting(p_key text, p_default integer) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO 'imagegen', 'pg_temp'
+    AS $$
+    select coalesce((select value::integer from imagegen.settings where key = p_key), p_default)
+$$;
+
+CREATE FUNCTION imagegen.invalid(p_field text, p_message text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    raise exception using errcode = 'invalid_parameter_value', column = p_field,
+        message = case when starts_with(p_message, p_field) then p_message
+                       else p_field || ': ' || p_message end;
+end
+$$;
+
+CREATE FUNCTION imagegen.put_setting(p_key text, p_value text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'imagegen', 'pg_temp'
+    AS $_$
+declare
+    v_id uuid;
+begin
+    -- By name: Vault's create_secret has four arguments (a key id) in current releases.
+    if to_regproc('vault.create_secret') is not null then
+        execute 'select id from vault.secrets where name = $1' into v_id using 'imagegen_' || p_key;
+        if v_id is null then
+            execute 'select vault.create_secret($1, $2)' using p_value, 'imagegen_' || p_key;
+        else
+            execute 'select vault.update_secret($1, $2)' using v_id, p_value;
+        end if;
+        return;
+    end if;
+    insert into imagegen.settings (key, value) values (p_key, p_value)
+    on conflict (key) do update set value = excluded.value, updated_at = now();
+end
+$_$;
+
+CREATE FUNCTION imagegen.queue_full(p_limit integer) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    c_headroom constant integer := 1000;  -- QUEUE_HEADROOM
+    v_sample imagegen.queue_depth_sample;
+    v_depth integer;
+begin
+    if p_limit > c_headroom then
+        select * into v_sample from imagegen.queue_depth_sample;
+        if v_sample.counted_at > clock_timestamp() - interval '250 milliseconds'
+           and v_sample.depth < p_limit - c_headroom then
+            return false;
+        end if;
+    end if;
+    select count(*) into v_depth
+    from (select from job_queue where status = 'pending' limit p_limit) waiting;
+    if p_limit > c_headroom then
+        -- One writer at a time; a start that finds the row taken does not wait for it.
+        perform from imagegen.queue_depth_sample for update skip locked;
+        if found then
+            update imagegen.queue_depth_sample
+            set depth = v_depth, counted_at = clock_timestamp();
+        end if;
+    end if;
+    return v_depth >= p_limit;
+end
+$$;
+
+CREATE FUNCTION net.http_post(url text, body jsonb DEFAULT '{}'::jsonb, params jsonb DEFAULT '{}'::jsonb, headers jsonb DEFAULT '{"Content-Type": "application/json"}'::jsonb, timeout_milliseconds integer DEFAULT 5000) RETURNS bigint
+    LANGUAGE plpython3u
+    AS $_$
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+
+request_id = plpy.execute("select nextval('net.http_request_queue_id_seq') as id")[0]["id"]
+target = url
+query = json.loads(params) if params else {}
+if query:
+    target += ("&" if "?" in target else "?") + urllib.parse.urlencode(query)
+request = urllib.request.Request(
+    target,
+    data=(body or "{}").encode(),
+    headers=json.loads(headers) if headers else {},
+    method="POST",
+)
+status = content_type = content = error = None
+timed_out = False
+try:
+    with urllib.request.urlopen(request, timeout=timeout_milliseconds / 1000.0) as response:
+        status = response.status
+        content_type = response.headers.get("Content-Type")
+        content = response.read(1_000_000).decode("utf-8", "replace")
+except urllib.error.HTTPError as exc:
+    status = exc.code
+    content_type = exc.headers.get("Content-Type")
+    content = exc.read(1_000_000).decode("utf-8", "replace")
+except (socket.timeout, TimeoutError):
+    timed_out = True
+    error = "Timeout was reached"
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+
+plan = plpy.prepare(
+    "insert into net._http_response"
+    " (id, status_code, content_type, content, timed_out, error_msg)"
+    " values ($1, $2, $3, $4, $5, $6)",
+    ["bigint", "integer", "text", "text", "boolean", "text"],
+)
+plpy.execute(plan, [request_id, status, content_type, content, timed_out, error])
+return request_id
+        $_$;
+
+CREATE TABLE public.image_generations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    prompt text NOT NULL,
+    negative_prompt text,
+    model text,
+    model_id uuid,
+    style text,
+    width integer,
+    height integer,
+    steps integer,
+    guidance_scale numeric,
+    seed bigint,
+    source_image_url text,
+    generation_strength numeric,
+    status text DEFAULT 'pending'::text NOT NULL,
+    error_message text,
+    generation_time_seconds numeric,
+    replicate_prediction_id text,
+    retry_count integer DEFAULT 0 NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    batch_id uuid,
+    batch_index integer,
+    multi_group_id uuid,
+    multi_index integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    completed_at timestamp with time zone,
+    prediction_requested_at timestamp with time zone,
+    CONSTRAINT image_generations_generation_strength_check CHECK (((generation_strength >= (0)::numeric) AND (generation_strength <= (1)::numeric))),
+    CONSTRAINT image_generations_generation_time_seconds_check CHECK ((generation_time_seconds >= (0)::numeric)),
+    CONSTRAINT image_generations_guidance_scale_check CHECK ((guidance_scale >= (0)::numeric)),
+    CONSTRAINT image_generations_height_check CHECK ((height > 0)),
+    CONSTRAINT image_generations_prompt_check CHECK (((length(prompt) >= 1) AND (length(prompt) <= 4000))),
+    CONSTRAINT image_generations_retry_count_check CHECK ((retry_count >= 0)),
+    CONSTRAINT image_generations_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text, 'completed'::text, 'failed'::text]))),
+    CONSTRAINT image_generations_steps_check CHECK ((steps > 0)),
+    CONSTRAINT image_generations_width_check CHECK ((width > 0))
+);
+
+CREATE FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) RETURNS SETOF public.image_generations
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    update image_generations g
+    set status = 'processing',
+        retry_count = greatest(j.attempts - 1, 0),
+        updated_at = now()
+    from job_queue j
+    where j.id = p_job_id
+      and j.status = 'processing'
+      and (p_worker_id is null or j.locked_by = p_worker_id)
+      and g.id = (j.payload ->> 'generation_id')::uuid
+      and g.status in ('pending', 'queued', 'processing')
+    returning g.*
+$$;
+
+CREATE FUNCTION public.cancel_generation(p_generation_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    update image_generations
+    set status = 'failed', error_message = 'Cancelled by the user', updated_at = now()
+    where id = p_generation_id
+      and user_id = auth.uid()
+      and status in ('pending', 'queued', 'processing', 'downloading');
+    if not found then
+        return false;
+    end if;
+    update job_queue
+    set status = 'cancelled', completed_at = now(), updated_at = now(),
+        error_message = 'Cancelled by the user', locked_by = null, locked_until = null
+    where payload ->> 'generation_id' = p_generation_id::text
+      and status in ('pending', 'processing');
+    return true;
+end
+$$;
+
+CREATE FUNCTION public.cancel_job(p_job_id uuid, p_reason text DEFAULT 'Cancelled'::text) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with cancelled as (
+        update job_queue
+        set status = 'cancelled', completed_at = now(), updated_at = now(),
+            error_message = p_reason, locked_by = null, locked_until = null
+        where id = p_job_id and status in ('pending', 'processing')
+        returning id
+    )
+    select exists (select from cancelled)
+$$;
+
+CREATE TABLE public.job_queue (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    job_type text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    scheduled_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    error_message text,
+    error_details jsonb,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    locked_by text,
+    locked_until timestamp with time zone,
+    result jsonb,
+    dedupe_key text,
+    CONSTRAINT job_queue_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT job_queue_job_type_check CHECK ((job_type ~ '^[a-z][a-z0-9-]{0,62}$'::text)),
+    CONSTRAINT job_queue_max_attempts_check CHECK ((max_attempts > 0)),
+    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p_job_types text[] DEFAULT NULL::text[], p_lease_seconds integer DEFAULT 300) RETURNS SETOF public.job_queue
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with exhausted as (
+        -- A lease that ran out on the final attempt: the job fails (and with it, by the
+        -- rule of section 8, its generation) instead of running forever a job that keeps
+        -- killing its workers.
+        update job_queue
+        set status = 'failed', completed_at = now(), updated_at = now(),
+            error_message = 'Image generation failed: the worker stopped responding '
+                            'during the final attempt. Please try again.',
+            locked_by = null, locked_until = null
+        where status = 'processing' and locked_until < now() and attempts >= max_attempts
+          and (p_job_types is null or job_type = any (p_job_types))
+    ),
+    due as (
+        select id, priority, created_at
+        from job_queue
+        where status = 'pending'
+          and scheduled_at <= now()
+          and (p_job_types is null or job_type = any (p_job_types))
+        order by priority desc, created_at
+        limit coalesce(p_limit, 1)
+        for update skip locked
+    ),
+    expired as (
+        -- A lease that ran out means its worker vanished: the job is taken over.
+        select id, priority, created_at
+        from job_queue
+        where status = 'processing'
+          and locked_until < now()
+          and attempts < max_attempts
+          and (p_job_types is null or job_type = any (p_job_types))
+        order by locked_until
+        limit coalesce(p_limit, 1)
+        for update skip locked
+    ),
+    chosen as (
+        select id from (select * from due union all select * from expired) candidates
+        order by priority desc, created_at
+        limit coalesce(p_limit, 1)
+    )
+    update job_queue j
+    set status = 'processing',
+        attempts = j.attempts + 1,
+        locked_by = p_worker_id,
+        locked_until = now() + make_interval(secs => coalesce(p_lease_seconds, 300)),
+        started_at = now(),
+        updated_at = now()
+    -- Not a join: planned without knowing p_limit, a join hashes the whole table (history
+    -- included) on every claim; `= any (array)` is a primary-key lookup per chosen job.
+    where j.id = any (array(select id from chosen))
+    returning j.*
+$$;
+
+CREATE FUNCTION public.claim_next_job(p_job_types text[] DEFAULT NULL::text[]) RETURNS SETOF public.job_queue
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select * from claim_jobs('sql:' || pg_backend_pid(), 1, p_job_types, 600)
+$$;
+
+CREATE FUNCTION public.complete_job(p_job_id uuid, p_error_message text DEFAULT NULL::text, p_error_details jsonb DEFAULT NULL::jsonb, p_result jsonb DEFAULT NULL::jsonb, p_worker_id text DEFAULT NULL::text, p_retryable boolean DEFAULT true) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_job job_queue;
+begin
+    select * into v_job from job_queue where id = p_job_id for update;
+    if not found or v_job.status <> 'processing' then
+        return false;
+    end if;
+    -- Fencing: a worker whose lease was taken over no longer owns the job.
+    if p_worker_id is not null and v_job.locked_by is distinct from p_worker_id then
+        return false;
+    end if;
+
+    if p_error_message is null then
+        update job_queue
+        set status = 'completed', completed_at = now(), updated_at = now(), result = p_result,
+            error_message = null, error_details = null, locked_by = null, locked_until = null
+        where id = p_job_id;
+    elsif coalesce(p_retryable, true) and v_job.attempts < v_job.max_attempts then
+        -- Backoff 2 s, 4 s, 8 s ... with +-10 % jitter so retries do not arrive in step.
+        update job_queue
+        set status = 'pending',
+            scheduled_at = now() + make_interval(
+                secs => power(2, v_job.attempts) * (0.9 + random() * 0.2)),
+            error_message = p_error_message, error_details = p_error_details,
+            locked_by = null, locked_until = null, updated_at = now()
+        where id = p_job_id;
+    else
+        update job_queue
+        set status = 'failed', completed_at = now(), updated_at = now(),
+            error_message = p_error_message, error_details = p_error_details,
+            locked_by = null, locked_until = null
+        where id = p_job_id;
+    end if;
+    return true;
+end
+$$;
+
+CREATE FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[] DEFAULT NULL::jsonb[]) RETURNS SETOF uuid
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with held as (
+        select id
+        from job_queue
+        where id = any (p_job_ids)
+          and status = 'processing'
+          and locked_by = p_worker_id
+        order by id
+        for update
+    )
+    update job_queue j
+    set status = 'completed', completed_at = now(), updated_at = now(),
+        result = p_results[array_position(p_job_ids, j.id)],
+        error_message = null, error_details = null, locked_by = null, locked_until = null
+    from held
+    where j.id = held.id
+    returning j.id
+$$;
+
+CREATE FUNCTION public.configure_admission(p_max_active_per_user integer DEFAULT NULL::integer, p_max_queue_depth integer DEFAULT NULL::integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    if p_max_active_per_user < 0 or p_max_queue_depth < 0 then
+        raise exception using errcode = 'invalid_parameter_value',
+                              message = 'limits must be 0 (off) or more';
+    end if;
+    insert into imagegen.settings (key, value)
+    select key, value::text
+    from (values ('max_active_generations_per_user', p_max_active_per_user),
+                 ('max_queue_depth', p_max_queue_depth)) given (key, value)
+    where value is not null
+    on conflict (key) do update set value = excluded.value, updated_at = now();
+    return jsonb_build_object(
+        'max_active_generations_per_user',
+        imagegen.integer_setting('max_active_generations_per_user', 50),
+        'max_queue_depth', imagegen.integer_setting('max_queue_depth', 10000));
+end
+$$;
+
+CREATE FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text DEFAULT NULL::text, p_retention interval DEFAULT '7 days'::interval) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    v_schedule text := coalesce(
+        p_schedule,
+        case when imagegen.cron_version_at_least(1, 5) then '10 seconds' else '* * * * *' end);
+    v_job_id bigint;
+    v_old record;
+begin
+    if p_url is null or p_url !~* '^https?://' then
+        raise exception using errcode = 'invalid_parameter_value',
+                              message = 'worker URL must be an http(s) URL';
+    end if;
+    if length(coalesce(p_secret, '')) < 16 then
+        raise exception using errcode = 'invalid_parameter_value',
+                              message = 'worker secret must be at least 16 characters';
+    end if;
+    if to_regnamespace('cron') is null then
+        raise exception 'pg_cron is not installed in this database';
+    end if;
+    perform imagegen.put_setting('worker_url', p_url);
+    perform imagegen.put_setting('worker_secret', p_secret);
+    perform imagegen.put_setting('job_retention', p_retention::text);
+    -- The old platform's schedule (setup-cron-job.sql named it process-job-queue; any job
+    -- that posts to process-jobs is one) goes, so two schedules never race for the queue.
+    for v_old in
+        execute $q$select jobid, jobname from cron.job
+                   where jobname = 'process-job-queue'
+                      or command like '%/functions/v1/process-jobs%'$q$
+    loop
+        execute 'select cron.unschedule($1)' using v_old.jobid;
+        raise notice 'unscheduled cron job % (%), which also posted to process-jobs',
+            v_old.jobid, v_old.jobname;
+    end loop;
+    execute 'select cron.schedule($1, $2, $3)' into v_job_id
+        using 'process-jobs-worker', v_schedule, 'select public.invoke_worker()';
+    execute 'select cron.schedule($1, $2, $3)'
+        using 'imagegen-retention', '17 3 * * *', 'select public.prune_finished_jobs()';
+    return v_job_id;
+end
+$_$;
+
+CREATE FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_priority integer DEFAULT 0, p_scheduled_at timestamp with time zone DEFAULT now(), p_max_attempts integer DEFAULT 3, p_created_by uuid DEFAULT NULL::uuid, p_dedupe_key text DEFAULT NULL::text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_id uuid;
+begin
+    loop
+        insert into job_queue (job_type, payload, priority, scheduled_at, max_attempts,
+                               created_by, dedupe_key)
+        values (p_job_type, coalesce(p_payload, '{}'::jsonb), coalesce(p_priority, 0),
+                coalesce(p_scheduled_at, now()), coalesce(p_max_attempts, 3), p_created_by,
+                p_dedupe_key)
+        on conflict (dedupe_key) where dedupe_key is not null
+                                   and status in ('pending', 'processing')
+        do nothing
+        returning id into v_id;
+
+        if v_id is not null then
+            -- Wakes listening workers at once; delivered when this transaction commits.
+            perform pg_notify('job_queue', p_job_type);
+            return v_id;
+        end if;
+
+        -- An active job holds this key: hand back that one instead of a duplicate.
+        select id into v_id
+        from job_queue
+        where dedupe_key = p_dedupe_key and status in ('pending', 'processing');
+        if v_id is not null then
+            return v_id;
+        end if;
+        -- It finished between the two statements: try the insert again.
+    end loop;
+end
+$$;
+
+CREATE FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb DEFAULT NULL::jsonb, p_retryable boolean DEFAULT true) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    if not complete_job(p_job_id, p_error_message, p_error_details, null, p_worker_id,
+                        p_retryable) then
+        return null;
+    end if;
+    return (select status from job_queue where id = p_job_id);
+end
+$$;
+
+CREATE TABLE public.images (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    generation_id uuid,
+    user_id uuid NOT NULL,
+    filename text NOT NULL,
+    storage_path text NOT NULL,
+    public_url text NOT NULL,
+    file_size bigint,
+    width integer,
+    height integer,
+    format text,
+    prompt text,
+    negative_prompt text,
+    model text,
+    style text,
+    is_public boolean DEFAULT false NOT NULL,
+    is_favorite boolean DEFAULT false NOT NULL,
+    rating integer,
+    blurhash text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    archived_at timestamp with time zone,
+    download_count integer DEFAULT 0,
+    source_image_id uuid,
+    generation_strength numeric,
+    CONSTRAINT images_file_size_check CHECK ((file_size > 0)),
+    CONSTRAINT images_format_check CHECK ((format = ANY (ARRAY['webp'::text, 'png'::text, 'jpeg'::text, 'svg'::text]))),
+    CONSTRAINT images_height_check CHECK ((height > 0)),
+    CONSTRAINT images_rating_check CHECK (((rating >= 1) AND (rating <= 5))),
+    CONSTRAINT images_width_check CHECK ((width > 0))
+);
+
+CREATE FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid DEFAULT NULL::uuid, p_worker_id text DEFAULT NULL::text, p_user_id uuid DEFAULT NULL::uuid) RETURNS SETOF public.images
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    g image_generations;
+begin
+    select * into g from image_generations where id = p_generation_id for update;
+    if not found or (p_user_id is not null and g.user_id <> p_user_id) then
+        perform imagegen.invalid('generation_id', 'Unknown generation');
+    end if;
+    if p_job_id is not null and not complete_job(
+        p_job_id,
+        p_result => jsonb_build_object('storage_path', p_storage_path, 'public_url', p_public_url),
+        p_worker_id => p_worker_id
+    ) then
+        return;
+    end if;
+
+    update image_generations
+    set status = 'completed', error_message = null, completed_at = now(), updated_at = now(),
+        width = p_width, height = p_height,
+        generation_time_seconds = coalesce(
+            generation_time_seconds, extract(epoch from now() - created_at))
+    where id = p_generation_id;
+
+    -- The generation row is locked: no other finish runs for it meanwhile. (No upsert: the
+    -- old database's images.generation_id is not unique.)
+    return query
+    update images
+    set storage_path = p_storage_path, public_url = p_public_url, file_size = p_file_size,
+        width = p_width, height = p_height, format = p_format,
+        filename = p_generation_id || '.' || p_format
+    where generation_id = p_generation_id
+    returning *;
+    if not found then
+        return query
+        insert into images (generation_id, user_id, filename, storage_path, public_url,
+                            file_size, width, height, format, prompt, negative_prompt, model,
+                            style)
+        values (p_generation_id, g.user_id, p_generation_id || '.' || p_format,
+                p_storage_path, p_public_url, p_file_size, p_width, p_height, p_format,
+                g.prompt, g.negative_prompt, g.model, g.style)
+        returning *;
+    end if;
+end
+$$;
+
+CREATE FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_job job_queue;
+    v_result jsonb;
+    v_download_id uuid;
+begin
+    select * into v_job from job_queue where id = p_job_id;
+    v_result := jsonb_build_object('output_url', p_output_url, 'format', p_format,
+                                   'width', p_width, 'height', p_height,
+                                   'generation_time_seconds', p_generation_time_seconds);
+    if not complete_job(p_job_id, p_result => v_result, p_worker_id => p_worker_id) then
+        return null;
+    end if;
+
+    v_download_id := enqueue_job(
+        p_job_type => 'download-image',
+        p_payload => jsonb_build_object(
+            'generation_id', v_job.payload -> 'generation_id',
+            'user_id', v_job.payload -> 'user_id'
+        ) || v_result,
+        p_priority => 1,
+        p_created_by => v_job.created_by,
+        p_dedupe_key => 'download-image:' || (v_job.payload ->> 'generation_id')
+    );
+
+    update image_generations
+    set status = 'downloading', generation_time_seconds = p_generation_time_seconds,
+        updated_at = now()
+    where id = (v_job.payload ->> 'generation_id')::uuid
+      and status not in ('completed', 'failed');
+    return v_download_id;
+end
+$$;
+
+CREATE FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text DEFAULT NULL::text, p_width integer DEFAULT NULL::integer, p_height integer DEFAULT NULL::integer, p_num_inference_steps integer DEFAULT NULL::integer, p_guidance_scale numeric DEFAULT NULL::numeric, p_seed bigint DEFAULT NULL::bigint, p_negative_prompt text DEFAULT NULL::text, p_source_image_url text DEFAULT NULL::text, p_strength numeric DEFAULT NULL::numeric, p_style text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    m models;
+    v_width integer;
+    v_height integer;
+    v_steps integer;
+    v_guidance numeric;
+    v_strength numeric;
+begin
+    -- Any whitespace, not only spaces (btrim's default), makes an empty prompt.
+    if p_prompt is null or p_prompt !~ '\S' then
+        perform imagegen.invalid('prompt', 'prompt is required');
+    end if;
+    if length(p_prompt) > 4000 then
+        perform imagegen.invalid('prompt', 'prompt must be at most 4000 characters');
+    end if;
+    if p_negative_prompt is not null and length(p_negative_prompt) > 4000 then
+        perform imagegen.invalid('negative_prompt', 'negative_prompt must be at most 4000 characters');
+    end if;
+    if p_style is not null and length(p_style) > 100 then
+        perform imagegen.invalid('style', 'style must be at most 100 characters');
+    end if;
+    if p_model_id is null or length(btrim(p_model_id)) = 0 then
+        perform imagegen.invalid('model_id', 'model_id is required');
+    end if;
+
+    -- The row's id (the web app sends models.id) or its Replicate id; operators' rows may
+    -- share a replicate_id, so the active, default, first-sorted one wins.
+    select * into m
+    from models
+    where id::text = lower(p_model_id) or replicate_id = p_model_id
+    order by id::text = lower(p_model_id) desc, is_active desc nulls last,
+             is_default desc nulls last, sort_order nulls last, created_at
+    limit 1;
+    if not found then
+        perform imagegen.invalid('model_id', format('Unknown model: %s', p_model_id));
+    end if;
+    if not coalesce(m.is_active, true) then
+        perform imagegen.invalid('model_id', format('Model %s is not available', p_model_id));
+    end if;
+    -- A version names the exact Replicate model that runs (and its price): only the
+    -- model's own.
+    if p_model_version is not null and p_model_version is distinct from m.version then
+        perform imagegen.invalid('model_version',
+            format('model_version must be empty or %s''s own version', m.name));
+    end if;
+
+    -- The operators' rows may leave limits empty: CONTRACT §1's defaults stand in.
+    m.min_width := coalesce(m.min_width, 256);
+    m.max_width := coalesce(m.max_width, 2048);
+    m.min_height := coalesce(m.min_height, 256);
+    m.max_height := coalesce(m.max_height, 2048);
+    m.max_steps := coalesce(m.max_steps, 50);
+    m.strength_min := coalesce(m.strength_min, 0);
+    m.strength_max := coalesce(m.strength_max, 1);
+    v_width := coalesce(p_width, m.default_width, 1024);
+    v_height := coalesce(p_height, m.default_height, 1024);
+    v_steps := coalesce(p_num_inference_steps, m.default_steps, 30);
+    v_guidance := coalesce(p_guidance_scale, m.default_guidance_scale, 7.5);
+
+    if v_width not between m.min_width and m.max_width then
+        perform imagegen.invalid('width', format('width must be between %s and %s for %s',
+                                         m.min_width, m.max_width, m.name));
+    end if;
+    if v_height not between m.min_height and m.max_height then
+        perform imagegen.invalid('height', format('height must be between %s and %s for %s',
+                                          m.min_height, m.max_height, m.name));
+    end if;
+    if v_steps not between 1 and m.max_steps then
+        perform imagegen.invalid('num_inference_steps',
+                         format('num_inference_steps must be between 1 and %s for %s',
+                                m.max_steps, m.name));
+    end if;
+    if v_guidance not between 0 and 50 then
+        perform imagegen.invalid('guidance_scale', 'guidance_scale must be between 0 and 50');
+    end if;
+    if p_seed is not null and p_seed not between 0 and 4294967295 then
+        perform imagegen.invalid('seed', 'seed must be between 0 and 4294967295');
+    end if;
+
+    if p_source_image_url is not null then
+        if not coalesce(m.supports_img2img, false) then
+            perform imagegen.invalid('source_image_url',
+                             format('%s does not support image-to-image', m.name));
+        end if;
+        if p_source_image_url !~* '^https?://[^\s]+$' or length(p_source_image_url) > 2048 then
+            perform imagegen.invalid('source_image_url', 'source_image_url must be an http(s) URL');
+        end if;
+        v_strength := coalesce(p_strength, m.default_strength, 0.8);
+        if v_strength not between m.strength_min and m.strength_max then
+            perform imagegen.invalid('strength', format('strength must be between %s and %s for %s',
+                                                m.strength_min, m.strength_max, m.name));
+        end if;
+    elsif p_strength is not null then
+        perform imagegen.invalid('strength', 'strength needs a source_image_url');
+    end if;
+
+    return jsonb_build_object(
+        'prompt', p_prompt,
+        'negative_prompt', p_negative_prompt,
+        'model_id', m.replicate_id,
+        'model_name', m.name,
+        'model_row_id', m.id,
+        'model_version', m.version,
+        'style', p_style,
+        'width', v_width,
+        'height', v_height,
+        'num_inference_steps', v_steps,
+        'guidance_scale', v_guidance,
+        'seed', p_seed,
+        'source_image_url', p_source_image_url,
+        'strength', v_strength
+    );
+end
+$_$;
+
+CREATE FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select to_jsonb(g) || jsonb_build_object(
+        'images', coalesce((select jsonb_agg(to_jsonb(i)) from images i
+                            where i.generation_id = g.id), '[]'::jsonb))
+    from image_generations g
+    where g.id = p_generation_id and g.user_id = p_user_id
+$$;
+
+CREATE FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer DEFAULT 300) RETURNS SETOF uuid
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    -- Returns the jobs this worker still holds; any other id's lease was lost. Rows are
+    -- locked in id order, as complete_jobs locks them, so the two cannot deadlock.
+    with held as (
+        select id
+        from job_queue
+        where id = any (p_job_ids)
+          and status = 'processing'
+          and locked_by = p_worker_id
+        order by id
+        for update
+    )
+    update job_queue j
+    set locked_until = now() + make_interval(secs => coalesce(p_lease_seconds, 300)),
+        updated_at = now()
+    from held
+    where j.id = held.id
+    returning j.id
+$$;
+
+CREATE FUNCTION public.invoke_worker() RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_url text := imagegen.get_setting('worker_url');
+    v_secret text := imagegen.get_setting('worker_secret');
+begin
+    if v_url is null or v_secret is null then
+        raise exception 'worker URL or secret not configured: run configure_worker_cron()';
+    end if;
+    return net.http_post(
+        url := rtrim(v_url, '/') || '/functions/v1/process-jobs',
+        body := '{}'::jsonb,
+        headers := jsonb_build_object('Content-Type', 'application/json',
+                                      'Authorization', 'Bearer ' || v_secret),
+        timeout_milliseconds := 5000
+    );
+end
+$$;
+
+CREATE TABLE public.models (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    display_name text NOT NULL,
+    replicate_id text NOT NULL,
+    version text,
+    description text,
+    default_width integer DEFAULT 1024 NOT NULL,
+    default_height integer DEFAULT 1024 NOT NULL,
+    default_steps integer DEFAULT 30 NOT NULL,
+    default_guidance_scale numeric DEFAULT 7.5 NOT NULL,
+    default_strength numeric,
+    min_width integer DEFAULT 256 NOT NULL,
+    max_width integer DEFAULT 2048 NOT NULL,
+    min_height integer DEFAULT 256 NOT NULL,
+    max_height integer DEFAULT 2048 NOT NULL,
+    max_steps integer DEFAULT 50 NOT NULL,
+    supports_img2img boolean DEFAULT false NOT NULL,
+    supports_negative_prompt boolean DEFAULT false NOT NULL,
+    supports_seed boolean DEFAULT true NOT NULL,
+    supported_aspect_ratios jsonb,
+    strength_min numeric DEFAULT 0 NOT NULL,
+    strength_max numeric DEFAULT 1 NOT NULL,
+    estimated_time_seconds integer,
+    cost_per_generation numeric,
+    is_active boolean DEFAULT true NOT NULL,
+    is_default boolean DEFAULT false NOT NULL,
+    sort_order integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT models_check CHECK (((min_width <= max_width) AND (min_height <= max_height))),
+    CONSTRAINT models_check1 CHECK ((strength_min <= strength_max)),
+    CONSTRAINT models_default_guidance_scale_check CHECK ((default_guidance_scale >= (0)::numeric)),
+    CONSTRAINT models_default_height_check CHECK ((default_height > 0)),
+    CONSTRAINT models_default_steps_check CHECK ((default_steps > 0)),
+    CONSTRAINT models_default_strength_check CHECK (((default_strength >= (0)::numeric) AND (default_strength <= (1)::numeric))),
+    CONSTRAINT models_default_width_check CHECK ((default_width > 0)),
+    CONSTRAINT models_max_steps_check CHECK ((max_steps > 0)),
+    CONSTRAINT models_min_height_check CHECK ((min_height > 0)),
+    CONSTRAINT models_min_width_check CHECK ((min_width > 0)),
+    CONSTRAINT models_strength_max_check CHECK ((strength_max <= (1)::numeric)),
+    CONSTRAINT models_strength_min_check CHECK ((strength_min >= (0)::numeric))
+);
+
+CREATE FUNCTION public.list_models() RETURNS SETOF public.models
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select * from models where is_active order by sort_order, name
+$$;
+
+CREATE FUNCTION public.nudge_workers() RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select pg_notify('job_queue', 'nudge')
+$$;
+
+CREATE FUNCTION public.prune_finished_jobs(p_older_than interval DEFAULT NULL::interval) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    v_age interval := coalesce(p_older_than,
+                               imagegen.get_setting('job_retention')::interval,
+                               interval '7 days');
+    v_deleted integer;
+begin
+    delete from job_queue
+    where status in ('completed', 'failed', 'cancelled') and completed_at < now() - v_age;
+    get diagnostics v_deleted = row_count;
+    if to_regclass('cron.job_run_details') is not null then
+        execute 'delete from cron.job_run_details where end_time < now() - $1' using v_age;
+    end if;
+    return v_deleted;
+end
+$_$;
+
+CREATE FUNCTION public.queue_depth() RETURNS TABLE(job_type text, status text, count bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select job_type, status, count(*)
+    from job_queue
+    where status in ('pending', 'processing')
+    group by job_type, status
+$$;
+
+CREATE FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    update image_generations
+    set replicate_prediction_id = p_prediction_id, prediction_requested_at = null,
+        updated_at = now()
+    where id = imagegen.held_generation(p_job_id, p_worker_id);
+    return found;
+exception when unique_violation then
+    return false;
+end
+$$;
+
+CREATE FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with released as (
+        update job_queue
+        set status = 'pending', attempts = greatest(attempts - 1, 0), scheduled_at = now(),
+            locked_by = null, locked_until = null, updated_at = now()
+        where id = any (p_job_ids) and status = 'processing' and locked_by = p_worker_id
+        returning id
+    )
+    select count(*)::integer from released
+$$;
+
+CREATE FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) RETURNS timestamp with time zone
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    update image_generations
+    set prediction_requested_at = coalesce(prediction_requested_at, now()), updated_at = now()
+    where id = imagegen.held_generation(p_job_id, p_worker_id)
+    returning prediction_requested_at
+$$;
+
+CREATE FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_model_id text, p_model_version text DEFAULT NULL::text, p_width integer DEFAULT NULL::integer, p_height integer DEFAULT NULL::integer, p_num_inference_steps integer DEFAULT NULL::integer, p_guidance_scale numeric DEFAULT NULL::numeric, p_seed bigint DEFAULT NULL::bigint, p_negative_prompt text DEFAULT NULL::text, p_source_image_url text DEFAULT NULL::text, p_strength numeric DEFAULT NULL::numeric, p_style text DEFAULT NULL::text, p_priority integer DEFAULT 0) RETURNS TABLE(generation_id uuid, job_id uuid)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    p jsonb;
+    v_generation_id uuid;
+    v_job_id uuid;
+begin
+    if p_user_id is null or not exists (select from auth.users where id = p_user_id) then
+        perform imagegen.invalid('user_id', 'Unknown user');
+    end if;
+    p := generation_parameters(
+        p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
+        p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
+    );
+    -- Too much active work (this user's, or everyone's): refused with nothing written.
+    perform imagegen.admit_generation(p_user_id);  -- section 7
+
+    insert into image_generations (
+        user_id, prompt, negative_prompt, model, model_id, style, width, height, steps,
+        guidance_scale, seed, source_image_url, generation_strength, status, priority
+    )
+    values (
+        p_user_id, p_prompt, p_negative_prompt, p ->> 'model_name',
+        (p ->> 'model_row_id')::uuid, p_style,
+        (p ->> 'width')::integer, (p ->> 'height')::integer,
+        (p ->> 'num_inference_steps')::integer, (p ->> 'guidance_scale')::numeric, p_seed,
+        p_source_image_url, (p ->> 'strength')::numeric, 'queued', coalesce(p_priority, 0)
+    )
+    returning id into v_generation_id;
+
+    v_job_id := enqueue_job(
+        p_job_type => 'generate-image',
+        p_payload => p - 'model_name' - 'model_row_id' - 'style'
+            || jsonb_build_object('generation_id', v_generation_id, 'user_id', p_user_id),
+        p_priority => coalesce(p_priority, 0),
+        p_created_by => p_user_id,
+        p_dedupe_key => 'generate-image:' || v_generation_id
+    );
+
+    return query select v_generation_id, v_job_id;
+end
+$$;
+
+CREATE TABLE auth.users (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    email text,
+    raw_user_meta_data jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE imagegen.migrations (
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE imagegen.queue_depth_sample (
+    id boolean DEFAULT true NOT NULL,
+    depth integer NOT NULL,
+    counted_at timestamp with time zone NOT NULL,
+    CONSTRAINT queue_depth_sample_id_check CHECK (id)
+);
+
+CREATE TABLE imagegen.settings (
+    key text NOT NULL,
+    value text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE net._http_response (
+    id bigint NOT NULL,
+    status_code integer,
+    content_type text,
+    content text,
+    timed_out boolean DEFAULT false NOT NULL,
+    error_msg text,
+    created timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE SEQUENCE net.http_request_queue_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+CREATE VIEW public.failed_jobs_recent WITH (security_invoker='true') AS
+ SELECT job_queue.id,
+    job_queue.job_type,
+    job_queue.payload,
+    job_queue.attempts,
+    job_queue.max_attempts,
+    job_queue.error_message,
+    job_queue.error_details,
+    job_queue.created_by,
+    job_queue.created_at,
+    job_queue.started_at,
+    job_queue.completed_at,
+    job_queue.updated_at
+   FROM public.job_queue
+  WHERE ((job_queue.status = 'failed'::text) AND (job_queue.updated_at > (now() - '24:00:00'::interval)))
+  ORDER BY job_queue.updated_at DESC;
+
+CREATE VIEW public.queue_health WITH (security_invoker='true') AS
+ SELECT job_queue.job_type,
+    job_queue.status,
+    count(*) AS count,
+    min(job_queue.created_at) AS oldest_job,
+    max(job_queue.created_at) AS newest_job,
+    avg(EXTRACT(epoch FROM (job_queue.completed_at - job_queue.started_at))) FILTER (WHERE ((job_queue.completed_at IS NOT NULL) AND (job_queue.started_at IS NOT NULL))) AS avg_duration_seconds,
+    avg(job_queue.attempts) AS avg_attempts
+   FROM public.job_queue
+  GROUP BY job_queue.job_type, job_queue.status;
+
+CREATE VIEW public.queue_throughput WITH (security_invoker='true') AS
+ SELECT job_queue.job_type,
+    count(*) FILTER (WHERE (job_queue.status = 'completed'::text)) AS completed,
+    count(*) FILTER (WHERE (job_queue.status = 'failed'::text)) AS failed,
+    round(((count(*) FILTER (WHERE (job_queue.status = 'completed'::text)))::numeric / 60.0), 2) AS completed_per_minute,
+    percentile_cont((0.5)::double precision) WITHIN GROUP (ORDER BY ((EXTRACT(epoch FROM (job_queue.started_at - job_queue.created_at)))::double precision)) AS p50_wait_seconds,
+    percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY ((EXTRACT(epoch FROM (job_queue.started_at - job_queue.created_at)))::double precision)) AS p95_wait_seconds,
+    percentile_cont((0.5)::double precision) WITHIN GROUP (ORDER BY ((EXTRACT(epoch FROM (job_queue.completed_at - job_queue.started_at)))::double precision)) AS p50_run_seconds,
+    percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY ((EXTRACT(epoch FROM (job_queue.completed_at - job_queue.started_at)))::double precision)) AS p95_run_seconds
+   FROM public.job_queue
+  WHERE ((job_queue.completed_at > (now() - '01:00:00'::interval)) AND (job_queue.status = ANY (ARRAY['completed'::text, 'failed'::text])))
+  GROUP BY job_queue.job_type;
+
+CREATE VIEW public.stuck_jobs WITH (security_invoker='true') AS
+ SELECT job_queue.id,
+    job_queue.job_type,
+    job_queue.payload,
+    job_queue.attempts,
+    job_queue.max_attempts,
+    job_queue.locked_by,
+    job_queue.locked_until,
+    job_queue.started_at,
+    job_queue.updated_at,
+    job_queue.created_by,
+    round((EXTRACT(epoch FROM (now() - job_queue.started_at)) / 60.0), 1) AS minutes_processing,
+    (EXTRACT(epoch FROM (now() - job_queue.started_at)) / (60)::numeric) AS minutes_stuck
+   FROM public.job_queue
+  WHERE ((job_queue.status = 'processing'::text) AND (job_queue.started_at < (now() - '00:10:00'::interval)))
+  ORDER BY job_queue.started_at;
+
+ALTER TABLE ONLY auth.users
+    ADD CONSTRAINT users_email_key UNIQUE (email);
+
+ALTER TABLE ONLY auth.users
+    ADD CONSTRAINT users_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY imagegen.migrations
+    ADD CONSTRAINT migrations_pkey PRIMARY KEY (name);
+
+ALTER TABLE ONLY imagegen.queue_depth_sample
+    ADD CONSTRAINT queue_depth_sample_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY imagegen.settings
+    ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
+
+ALTER TABLE ONLY net._http_response
+    ADD CONSTRAINT _http_response_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.image_generations
+    ADD CONSTRAINT image_generations_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.images
+    ADD CONSTRAINT images_generation_id_key UNIQUE (generation_id);
+
+ALTER TABLE ONLY public.images
+    ADD CONSTRAINT images_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.job_queue
+    ADD CONSTRAINT job_queue_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.models
+    ADD CONSTRAINT models_name_key UNIQUE (name);
+
+ALTER TABLE ONLY public.models
+    ADD CONSTRAINT models_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.models
+    ADD CONSTRAINT models_replicate_id_key UNIQUE (replicate_id);
+
+CREATE INDEX image_generations_active_idx ON public.image_generations USING btree (status, updated_at) WHERE (status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text]));
+
+CREATE UNIQUE INDEX image_generations_replicate_prediction_id_key ON public.image_generations USING btree (replicate_prediction_id) WHERE (replicate_prediction_id IS NOT NULL);
+
+CREATE INDEX image_generations_user_active_idx ON public.image_generations USING btree (user_id) WHERE (status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text]));
+
+CREATE INDEX image_generations_user_created_idx ON public.image_generations USING btree (user_id, created_at DESC);
+
+CREATE INDEX images_user_created_idx ON public.images USING btree (user_id, created_at DESC);
+
+CREATE INDEX job_queue_created_by_idx ON public.job_queue USING btree (created_by, created_at DESC) WHERE (created_by IS NOT NULL);
+
+CREATE UNIQUE INDEX job_queue_dedupe_idx ON public.job_queue USING btree (dedupe_key) WHERE ((dedupe_key IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
+
+CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]));
+
+CREATE INDEX job_queue_generation_idx ON public.job_queue USING btree (((payload ->> 'generation_id'::text))) WHERE (payload ? 'generation_id'::text);
+
+CREATE INDEX job_queue_lease_idx ON public.job_queue USING btree (locked_until) WHERE (status = 'processing'::text);
+
+CREATE INDEX job_queue_pending_idx ON public.job_queue USING btree (priority DESC, created_at) WHERE (status = 'pending'::text);
+
+CREATE UNIQUE INDEX models_one_default_idx ON public.models USING btree (is_default) WHERE is_default;
+
+CREATE TRIGGER job_ended_fails_generation AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = ANY (ARRAY['failed'::text, 'cancelled'::text])) AND (old.status <> ALL (ARRAY['failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION imagegen.fail_generation_of_ended_job();
+
+ALTER TABLE ONLY public.image_generations
+    ADD CONSTRAINT image_generations_model_id_fkey FOREIGN KEY (model_id) REFERENCES public.models(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.image_generations
+    ADD CONSTRAINT image_generations_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.images
+    ADD CONSTRAINT images_generation_id_fkey FOREIGN KEY (generation_id) REFERENCES public.image_generations(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.images
+    ADD CONSTRAINT images_source_image_id_fkey FOREIGN KEY (source_image_id) REFERENCES public.images(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.images
+    ADD CONSTRAINT images_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+CREATE POLICY "Anyone reads active models" ON public.models FOR SELECT TO anon, authenticated USING (is_active);
+
+CREATE POLICY "Users mark their own images" ON public.images FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
+
+CREATE POLICY "Users read their own generations" ON public.image_generations FOR SELECT TO authenticated USING ((user_id = auth.uid()));
+
+CREATE POLICY "Users read their own images" ON public.images FOR SELECT TO authenticated USING ((user_id = auth.uid()));
+
+CREATE POLICY "Users read their own jobs" ON public.job_queue FOR SELECT TO authenticated USING ((created_by = auth.uid()));
+
+ALTER TABLE public.image_generations ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.images ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.job_queue ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.models ENABLE ROW LEVEL SECURITY;
+
+GRANT USAGE ON SCHEMA auth TO anon;
+GRANT USAGE ON SCHEMA auth TO authenticated;
+GRANT USAGE ON SCHEMA auth TO service_role;
+
+GRANT USAGE ON SCHEMA imagegen TO service_role;
+
+REVOKE ALL ON FUNCTION imagegen.active_generations(p_user_id uuid) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.cron_version_at_least(p_major integer, p_minor integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.fail_generation_of_ended_job() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.get_setting(p_key text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.held_generation(p_job_id uuid, p_worker_id text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.integer_setting(p_key text, p_default integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.invalid(p_field text, p_message text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.put_setting(p_key text, p_value text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.queue_full(p_limit integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) TO service_role;
+
+GRANT SELECT ON TABLE public.image_generations TO authenticated;
+GRANT ALL ON TABLE public.image_generations TO service_role;
+
+REVOKE ALL ON FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.cancel_generation(p_generation_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.cancel_generation(p_generation_id uuid) TO service_role;
+GRANT ALL ON FUNCTION public.cancel_generation(p_generation_id uuid) TO authenticated;
+
+REVOKE ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_reason text) TO service_role;
+
+GRANT SELECT ON TABLE public.job_queue TO authenticated;
+GRANT ALL ON TABLE public.job_queue TO service_role;
+
+REVOKE ALL ON FUNCTION public.claim_jobs(p_worker_id text, p_limit integer, p_job_types text[], p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.claim_jobs(p_worker_id text, p_limit integer, p_job_types text[], p_lease_seconds integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.claim_next_job(p_job_types text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.claim_next_job(p_job_types text[]) TO service_role;
+
+REVOKE ALL ON FUNCTION public.complete_job(p_job_id uuid, p_error_message text, p_error_details jsonb, p_result jsonb, p_worker_id text, p_retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.complete_job(p_job_id uuid, p_error_message text, p_error_details jsonb, p_result jsonb, p_worker_id text, p_retryable boolean) TO service_role;
+
+REVOKE ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[]) TO service_role;
+
+REVOKE ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) TO service_role;
+
+REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_priority integer, p_scheduled_at timestamp with time zone, p_max_attempts integer, p_created_by uuid, p_dedupe_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_priority integer, p_scheduled_at timestamp with time zone, p_max_attempts integer, p_created_by uuid, p_dedupe_key text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
+
+GRANT SELECT ON TABLE public.images TO authenticated;
+GRANT ALL ON TABLE public.images TO service_role;
+
+GRANT UPDATE(is_public) ON TABLE public.images TO authenticated;
+
+GRANT UPDATE(is_favorite) ON TABLE public.images TO authenticated;
+
+GRANT UPDATE(rating) ON TABLE public.images TO authenticated;
+
+REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) TO service_role;
+
+REVOKE ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.invoke_worker() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.invoke_worker() TO service_role;
+
+GRANT SELECT ON TABLE public.models TO anon;
+GRANT SELECT ON TABLE public.models TO authenticated;
+GRANT ALL ON TABLE public.models TO service_role;
+
+REVOKE ALL ON FUNCTION public.list_models() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.list_models() TO service_role;
+
+REVOKE ALL ON FUNCTION public.nudge_workers() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.nudge_workers() TO service_role;
+
+REVOKE ALL ON FUNCTION public.prune_finished_jobs(p_older_than interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.prune_finished_jobs(p_older_than interval) TO service_role;
+
+REVOKE ALL ON FUNCTION public.queue_depth() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.queue_depth() TO service_role;
+
+REVOKE ALL ON FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) TO service_role;
+
+REVOKE ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text, p_priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text, p_priority integer) TO service_role;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE imagegen.settings TO service_role;
+
+GRANT SELECT ON TABLE public.failed_jobs_recent TO authenticated;
+GRANT SELECT ON TABLE public.failed_jobs_recent TO service_role;
+
+GRANT SELECT ON TABLE public.queue_health TO authenticated;
+GRANT SELECT ON TABLE public.queue_health TO service_role;
+
+GRANT SELECT ON TABLE public.queue_throughput TO authenticated;
+GRANT SELECT ON TABLE public.queue_throughput TO service_role;
+
+GRANT SELECT ON TABLE public.stuck_jobs TO authenticated;
+GRANT SELECT ON TABLE public.stuck_jobs TO service_role;
