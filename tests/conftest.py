@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -53,6 +55,28 @@ def database_url(pg_server: Server, template_database: str) -> Iterator[str]:
 def conn(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
         yield connection
+
+
+@pytest.fixture
+def empty_database_url(pg_server: Server) -> Iterator[str]:
+    """A database with nothing in it: no migration applied."""
+    name = f"empty_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)
+
+
+@contextmanager
+def signed_in(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Iterator[None]:
+    """As the apps' PostgREST requests run on Supabase: one transaction with role
+    authenticated and the user's JWT claims set, then the statement."""
+    claims = json.dumps({"sub": str(user_id), "role": "authenticated"})
+    with conn.transaction():
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        yield
 
 
 @pytest.fixture(scope="session")

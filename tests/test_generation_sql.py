@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.conftest import make_user
+from tests.conftest import make_user, signed_in
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -97,16 +94,6 @@ def downloading(conn: Conn, job_id: uuid.UUID, worker: str, **overrides: Any) ->
     assert row is not None
     download_id: uuid.UUID | None = row["id"]
     return download_id
-
-
-@contextmanager
-def signed_in(conn: Conn, user_id: uuid.UUID) -> Iterator[None]:
-    """As a signed-in user through PostgREST: role authenticated, the JWT claims set."""
-    claims = json.dumps({"sub": str(user_id), "role": "authenticated"})
-    with conn.transaction():
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
-        yield
 
 
 # start_generation

@@ -7,8 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,6 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.pg import Server
 from worker.migrate import MIGRATIONS_DIR, MigrationError, migrate
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -24,17 +21,6 @@ Conn = psycopg.Connection[dict[str, Any]]
 IMAGEGEN = Path(sys.executable).parent / "imagegen"
 MIGRATION_NAMES = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
 BASELINE = MIGRATIONS_DIR / "0001_baseline.sql"
-
-
-@pytest.fixture
-def empty_database_url(pg_server: Server) -> Iterator[str]:
-    """A database with nothing in it: no migration applied."""
-    name = f"empty_{uuid.uuid4().hex[:12]}"
-    url = pg_server.create_database(name)
-    try:
-        yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ and on an empty Supabase-shaped database, the bucket and its policies."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from api.local_postgres import BIN_DIR
+from tests.conftest import signed_in
 from tests.old_picture import STORAGE, SUPABASE, OldPicture, build_old_picture, old_rows
-from tests.pg import Server
 from tests.schema_snapshot import dump_schema
 from tests.stack import run_stack
 from tests.test_migrations import MIGRATION_NAMES, run_cli
@@ -34,34 +32,14 @@ USER_FUNCTIONS = {"public.cancel_generation(uuid)"}
 
 
 @pytest.fixture
-def empty_url(pg_server: Server) -> Iterator[str]:
-    name = f"old_{uuid.uuid4().hex[:12]}"
-    url = pg_server.create_database(name)
-    try:
-        yield url
-    finally:
-        pg_server.drop_database(name)
+def old(empty_database_url: str) -> OldPicture:
+    return build_old_picture(empty_database_url)
 
 
 @pytest.fixture
-def old(empty_url: str) -> OldPicture:
-    return build_old_picture(empty_url)
-
-
-@pytest.fixture
-def old_conn(empty_url: str, old: OldPicture) -> Iterator[Conn]:
-    with psycopg.connect(empty_url, autocommit=True, row_factory=dict_row) as conn:
+def old_conn(empty_database_url: str, old: OldPicture) -> Iterator[Conn]:
+    with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as conn:
         yield conn
-
-
-@contextmanager
-def signed_in(conn: Conn, user_id: uuid.UUID) -> Iterator[None]:
-    """As the apps' PostgREST requests run: role authenticated, the user's claims set."""
-    claims = json.dumps({"sub": str(user_id), "role": "authenticated"})
-    with conn.transaction():
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
-        yield
 
 
 def callable_by_users(conn: Conn) -> set[str]:
@@ -85,10 +63,10 @@ def callable_by_users(conn: Conn) -> set[str]:
 
 
 def test_the_old_database_is_upgraded_in_place_and_keeps_every_row(
-    empty_url: str, old_conn: Conn
+    empty_database_url: str, old_conn: Conn
 ) -> None:
     before = old_rows(old_conn)
-    assert migrate(empty_url) == MIGRATION_NAMES
+    assert migrate(empty_database_url) == MIGRATION_NAMES
     assert old_rows(old_conn, like=before) == before
     # Only the seed adds rows (the model families the operators lacked).
     added = {t: len(rows) - len(before[t]) for t, rows in old_rows(old_conn).items()}
@@ -110,45 +88,45 @@ def test_the_old_database_is_upgraded_in_place_and_keeps_every_row(
     unchecked = old_conn.execute("select conname from pg_constraint where not convalidated")
     assert unchecked.fetchall() == []
     # A second run changes nothing.
-    schema, rows = dump_schema(empty_url), old_rows(old_conn)
-    assert migrate(empty_url) == []
-    assert dump_schema(empty_url) == schema
+    schema, rows = dump_schema(empty_database_url), old_rows(old_conn)
+    assert migrate(empty_database_url) == []
+    assert dump_schema(empty_database_url) == schema
     assert old_rows(old_conn) == rows
 
 
-def test_the_cli_upgrades_the_old_database(empty_url: str, old: OldPicture) -> None:
-    first = run_cli("migrate", "--database-url", empty_url)
+def test_the_cli_upgrades_the_old_database(empty_database_url: str, old: OldPicture) -> None:
+    first = run_cli("migrate", "--database-url", empty_database_url)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [f"applied {name}" for name in MIGRATION_NAMES]
-    second = run_cli("migrate", "--database-url", empty_url)
+    second = run_cli("migrate", "--database-url", empty_database_url)
     assert (second.returncode, second.stdout.strip()) == (0, "database is up to date")
 
 
 def test_a_broken_migration_leaves_the_old_database_as_it_was(
-    empty_url: str, old_conn: Conn, tmp_path: Path
+    empty_database_url: str, old_conn: Conn, tmp_path: Path
 ) -> None:
     migrations = tmp_path / "sql"
     shutil.copytree(MIGRATIONS_DIR, migrations)
     (migrations / "0099_broken.sql").write_text(
         "alter table public.images add column half_done int;\nselect no_such_function();\n"
     )
-    schema, rows = dump_schema(empty_url), old_rows(old_conn)
+    schema, rows = dump_schema(empty_database_url), old_rows(old_conn)
 
     with pytest.raises(MigrationError) as refused:
-        migrate(empty_url, migrations)
+        migrate(empty_database_url, migrations)
     message = str(refused.value)
     assert "migration 0099_broken.sql failed: function no_such_function() does not exist" in (
         message
     )
     assert f"nothing was applied ({', '.join(MIGRATION_NAMES)} rolled back too)" in message
 
-    assert dump_schema(empty_url) == schema
+    assert dump_schema(empty_database_url) == schema
     assert old_rows(old_conn) == rows
     assert old_conn.execute("select to_regnamespace('imagegen') as s").fetchone() == {"s": None}
 
 
 def test_the_old_grants_that_opened_holes_are_closed(
-    old: OldPicture, old_conn: Conn, empty_url: str
+    old: OldPicture, old_conn: Conn, empty_database_url: str
 ) -> None:
     # The holes, as the old database has them: any user enqueues any job and reads every
     # user's failed and stuck payloads.
@@ -158,7 +136,7 @@ def test_the_old_grants_that_opened_holes_are_closed(
         stuck = old_conn.execute("select payload from stuck_jobs").fetchall()
     assert len(seen) == 2 and len(stuck) == 1
 
-    migrate(empty_url)
+    migrate(empty_database_url)
     with signed_in(old_conn, old.alice), pytest.raises(psycopg.errors.InsufficientPrivilege):
         old_conn.execute("select enqueue_job('download-image', '{\"output_url\": \"x\"}')")
     with signed_in(old_conn, old.alice):
@@ -174,11 +152,13 @@ def test_the_old_grants_that_opened_holes_are_closed(
     assert [row["policyname"] for row in policies] == ["Users read their own jobs"]
 
 
-def test_the_operators_verify_script_finds_nothing_missing(empty_url: str, old: OldPicture) -> None:
+def test_the_operators_verify_script_finds_nothing_missing(
+    empty_database_url: str, old: OldPicture
+) -> None:
     """picture/verify-db-setup.sql's checks, restated: tables, functions, views, indexes,
     a test job enqueued with the old three arguments and deleted, and the final counts."""
-    migrate(empty_url)
-    with psycopg.connect(empty_url, autocommit=True) as conn:
+    migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
         for kind, catalog, name in [
             ("table", "pg_tables where schemaname = 'public' and tablename", "job_queue"),
             ("view", "pg_views where schemaname = 'public' and viewname", "queue_health"),
@@ -205,15 +185,24 @@ def test_the_operators_verify_script_finds_nothing_missing(empty_url: str, old: 
         assert indexes is not None and indexes[0] >= 5
 
 
-def test_the_real_verify_script_runs_unchanged(empty_url: str, old: OldPicture) -> None:
+def test_the_real_verify_script_runs_unchanged(empty_database_url: str, old: OldPicture) -> None:
     """The operators' own script, where PICTURE_VERIFY_SQL points at it (read from the old
     repository; not committed here): psql runs it unchanged and nothing is MISSING."""
     script = os.environ.get("PICTURE_VERIFY_SQL")
     if not script:
         pytest.skip("PICTURE_VERIFY_SQL (path to the old repo's verify-db-setup.sql) not set")
-    migrate(empty_url)
+    migrate(empty_database_url)
     result = subprocess.run(
-        [str(BIN_DIR / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", empty_url, "-f", script],
+        [
+            str(BIN_DIR / "psql"),
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            empty_database_url,
+            "-f",
+            script,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -224,8 +213,8 @@ def test_the_real_verify_script_runs_unchanged(empty_url: str, old: OldPicture) 
     assert "Test job cleaned up" in result.stderr
 
 
-def test_the_operator_queries_of_contract_3_run(empty_url: str, old_conn: Conn) -> None:
-    migrate(empty_url)
+def test_the_operator_queries_of_contract_3_run(empty_database_url: str, old_conn: Conn) -> None:
+    migrate(empty_database_url)
     counts = old_conn.execute("SELECT status, COUNT(*) FROM job_queue GROUP BY status").fetchall()
     assert {row["status"]: row["count"] for row in counts} == {
         "pending": 1,
@@ -242,17 +231,17 @@ def test_the_operator_queries_of_contract_3_run(empty_url: str, old_conn: Conn) 
 
 
 async def test_the_old_jobs_left_pending_or_processing_are_run_to_a_stored_image(
-    empty_url: str, old: OldPicture, old_conn: Conn, tmp_path: Path
+    empty_database_url: str, old: OldPicture, old_conn: Conn, tmp_path: Path
 ) -> None:
-    migrate(empty_url)
+    migrate(empty_database_url)
     queued = old_conn.execute("select * from job_queue where id = %s", (old.queued_job,))
     payload = queued.fetchone()["payload"]
     assert payload["model_id"] == "black-forest-labs/flux-schnell"  # was the models.id uuid
 
-    with run_stack(empty_url, tmp_path / "storage") as stack:
+    with run_stack(empty_database_url, tmp_path / "storage") as stack:
         assert old.queued_generation is not None and old.stuck_generation is not None
         ids = [old.queued_generation, old.stuck_generation]
-        rows = await run_worker_until(stack.settings(), empty_url, ids, timeout=60)
+        rows = await run_worker_until(stack.settings(), empty_database_url, ids, timeout=60)
 
     assert {row["status"] for row in rows.values()} == {"completed"}, rows
     images = old_conn.execute(
@@ -275,10 +264,10 @@ async def test_the_old_jobs_left_pending_or_processing_are_run_to_a_stored_image
 
 
 def test_the_seed_adds_only_missing_families_and_never_a_second_default(
-    empty_url: str, old: OldPicture, old_conn: Conn
+    empty_database_url: str, old: OldPicture, old_conn: Conn
 ) -> None:
     operators = old_conn.execute("select * from models order by id").fetchall()
-    migrate(empty_url)
+    migrate(empty_database_url)
     after = {row["id"]: row for row in old_conn.execute("select * from models").fetchall()}
     # The operators' rows are untouched, column by column.
     assert [after[row["id"]] for row in operators] == operators
@@ -298,21 +287,21 @@ def test_the_seed_adds_only_missing_families_and_never_a_second_default(
 
 
 def test_two_default_models_stop_the_upgrade_with_a_clear_message(
-    empty_url: str, old_conn: Conn
+    empty_database_url: str, old_conn: Conn
 ) -> None:
     old_conn.execute("update models set is_default = true where name = 'sdxl-custom'")
-    schema = dump_schema(empty_url)
+    schema = dump_schema(empty_database_url)
     with pytest.raises(
         MigrationError, match=r"more than one is_default row \(flux-schnell, sdxl-custom\)"
     ):
-        migrate(empty_url)
-    assert dump_schema(empty_url) == schema
+        migrate(empty_database_url)
+    assert dump_schema(empty_database_url) == schema
 
 
 def test_a_generation_starts_by_models_id_or_replicate_id_on_the_old_models(
-    empty_url: str, old: OldPicture, old_conn: Conn
+    empty_database_url: str, old: OldPicture, old_conn: Conn
 ) -> None:
-    migrate(empty_url)
+    migrate(empty_database_url)
     for model_id in (str(old.flux_dev), "black-forest-labs/flux-dev"):
         started = old_conn.execute(
             "select * from start_generation(%s, 'a fox', %s)", (old.alice, model_id)
@@ -333,13 +322,13 @@ def test_a_generation_starts_by_models_id_or_replicate_id_on_the_old_models(
 
 
 @pytest.fixture
-def supabase_url(empty_url: str) -> str:
+def supabase_url(empty_database_url: str) -> str:
     """An empty Supabase-shaped database: its roles and default privileges, `auth`, the
     realtime publication and a minimal `storage` schema."""
-    with psycopg.connect(empty_url, autocommit=True) as conn:
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute(SUPABASE.encode())
         conn.execute(STORAGE.encode())
-    return empty_url
+    return empty_database_url
 
 
 def test_on_supabase_the_bucket_and_its_policies_are_created(supabase_url: str) -> None:
@@ -376,14 +365,14 @@ def test_on_supabase_the_bucket_and_its_policies_are_created(supabase_url: str) 
         assert callable_by_users(conn) == USER_FUNCTIONS
 
 
-def test_on_the_old_project_its_own_bucket_is_left_as_it_is(empty_url: str) -> None:
-    build_old_picture(empty_url, storage=True)
-    with psycopg.connect(empty_url, autocommit=True, row_factory=dict_row) as conn:
+def test_on_the_old_project_its_own_bucket_is_left_as_it_is(empty_database_url: str) -> None:
+    build_old_picture(empty_database_url, storage=True)
+    with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as conn:
         conn.execute(
             "insert into storage.buckets (id, name, public, file_size_limit)"
             " values ('generated-images', 'generated-images', true, 10485760)"
         )
-        migrate(empty_url)
+        migrate(empty_database_url)
         bucket = conn.execute("select public, file_size_limit from storage.buckets").fetchone()
         assert bucket == {"public": True, "file_size_limit": 10485760}
         policies = conn.execute(
