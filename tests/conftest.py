@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.old_picture import OldPicture, build_old_picture
 from tests.pg import Server, database_choice, fresh_database, prepare_template, start_server
 from tests.torture import TortureReport
 from worker.migrate import migrate
@@ -117,3 +118,15 @@ def http_response(conn: psycopg.Connection[Any], request_id: int, timeout: float
             assert row is not None, f"no response for pg_net request {request_id}"
             return row
         time.sleep(0.05)
+
+
+@pytest.fixture
+def upgraded_picture(
+    empty_database_url: str,
+) -> Iterator[tuple[OldPicture, psycopg.Connection[dict[str, Any]]]]:
+    """The old Picture database (tests/old_picture.py) after `imagegen migrate`, and a
+    connection to it."""
+    old = build_old_picture(empty_database_url)
+    migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as connection:
+        yield old, connection

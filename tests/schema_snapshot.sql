@@ -176,6 +176,27 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.check_client_image_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    v_file text := '/storage/v1/object/public/generated-images/' || old.storage_path;
+begin
+    if new.public_url is distinct from old.public_url then
+        if coalesce(old.public_url, '') <> '' then
+            perform imagegen.invalid('public_url', 'public_url is set and cannot be changed');
+        end if;
+        if new.public_url !~* '^https?://[^/?#@\s]+/[^?#@\s]*$'
+           or right(new.public_url, length(v_file)) is distinct from v_file then
+            perform imagegen.invalid('public_url',
+                'public_url must be the public Storage URL of the image''s own storage_path');
+        end if;
+    end if;
+    return new;
+end
+$_$;
+
 CREATE FUNCTION imagegen.check_source_image_url(p_url text) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1387,9 +1408,6 @@ ALTER TABLE ONLY public.image_generations
     ADD CONSTRAINT image_generations_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.images
-    ADD CONSTRAINT images_generation_id_key UNIQUE (generation_id);
-
-ALTER TABLE ONLY public.images
     ADD CONSTRAINT images_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.job_queue
@@ -1412,6 +1430,8 @@ CREATE INDEX image_generations_user_active_idx ON public.image_generations USING
 
 CREATE INDEX image_generations_user_created_idx ON public.image_generations USING btree (user_id, created_at DESC);
 
+CREATE UNIQUE INDEX images_one_per_generation_idx ON public.images USING btree (generation_id);
+
 CREATE INDEX images_user_created_idx ON public.images USING btree (user_id, created_at DESC);
 
 CREATE INDEX job_queue_created_by_idx ON public.job_queue USING btree (created_by, created_at DESC) WHERE (created_by IS NOT NULL);
@@ -1429,6 +1449,8 @@ CREATE INDEX job_queue_pending_idx ON public.job_queue USING btree (priority DES
 CREATE UNIQUE INDEX models_one_default_idx ON public.models USING btree (is_default) WHERE is_default;
 
 CREATE TRIGGER client_changes_generation BEFORE UPDATE ON public.image_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_generation_change();
+
+CREATE TRIGGER client_changes_image BEFORE UPDATE ON public.images FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_image_change();
 
 CREATE TRIGGER client_inserts_generation BEFORE INSERT ON public.image_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_generation();
 
@@ -1459,9 +1481,15 @@ CREATE POLICY "Only own generations are added" ON public.image_generations AS RE
 
 CREATE POLICY "Only own generations are changed" ON public.image_generations AS RESTRICTIVE FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
 
+CREATE POLICY "Only own images are changed" ON public.images AS RESTRICTIVE FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
+
+CREATE POLICY "Only own images are deleted" ON public.images AS RESTRICTIVE FOR DELETE TO authenticated USING ((user_id = auth.uid()));
+
 CREATE POLICY "Users add their own pending generations" ON public.image_generations FOR INSERT TO authenticated WITH CHECK (((user_id = auth.uid()) AND (status = 'pending'::text)));
 
 CREATE POLICY "Users cancel and retry their own generations" ON public.image_generations FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
+
+CREATE POLICY "Users delete their own images" ON public.images FOR DELETE TO authenticated USING ((user_id = auth.uid()));
 
 CREATE POLICY "Users mark their own images" ON public.images FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
 
@@ -1494,6 +1522,8 @@ REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_
 REVOKE ALL ON FUNCTION imagegen.check_client_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.check_client_generation_change() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.check_client_image_change() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.check_source_image_url(p_url text) FROM PUBLIC;
 
@@ -1590,14 +1620,18 @@ GRANT ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_pri
 REVOKE ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
 
-GRANT SELECT ON TABLE public.images TO authenticated;
+GRANT SELECT,DELETE ON TABLE public.images TO authenticated;
 GRANT ALL ON TABLE public.images TO service_role;
+
+GRANT UPDATE(public_url) ON TABLE public.images TO authenticated;
 
 GRANT UPDATE(is_public) ON TABLE public.images TO authenticated;
 
 GRANT UPDATE(is_favorite) ON TABLE public.images TO authenticated;
 
 GRANT UPDATE(rating) ON TABLE public.images TO authenticated;
+
+GRANT UPDATE(archived_at) ON TABLE public.images TO authenticated;
 
 REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) TO service_role;

@@ -228,9 +228,9 @@ def test_users_cannot_write_rows_directly(conn: Conn, world: World) -> None:
             " values (%s, 'f', 'p', 'u')",
             (world.alice,),
         )
-        denied(conn, "update images set public_url = 'https://evil.test/x'")
+        denied(conn, "update images set storage_path = 'elsewhere/x.webp'")
         denied(conn, "update images set user_id = %s", (world.bob,))
-        denied(conn, "delete from images")
+        denied(conn, "update images set download_count = 1000")
         denied(conn, "select * from imagegen.settings")
         denied(conn, "insert into auth.users (id) values (gen_random_uuid())")
     unchanged = conn.execute(
