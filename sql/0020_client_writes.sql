@@ -222,6 +222,7 @@ create trigger client_changes_generation
 -- after a cancel (the legacy finish has no job to fence it) is refused, not stored.
 create or replace function imagegen.refuse_reopening_generation() returns trigger
 language plpgsql
+security definer
 set search_path = public, pg_temp
 as $$
 begin

@@ -372,7 +372,7 @@ end
 $$;
 
 CREATE FUNCTION imagegen.refuse_reopening_generation() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
