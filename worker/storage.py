@@ -79,6 +79,12 @@ class SupabaseStorage:
         except Exception as exc:
             raise self._error("lookup", path, exc) from exc
 
+    async def remove(self, path: str) -> None:
+        try:
+            await self._client.from_(self.bucket).remove([path])
+        except Exception as exc:
+            raise self._error("removal", path, exc) from exc
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -5,6 +5,7 @@ jobs are cancelled and a running prediction is cancelled at Replicate."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.conftest import signed_in
 from tests.stack import run_stack
@@ -211,3 +213,63 @@ async def poll(read: Any, timeout: float = 30) -> Any:
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
     return value
+
+
+class CancelDuringUpload:
+    """Around the Storage stand-in: the owner cancels (as imageGenerationAsync.ts does)
+    just as the worker's upload arrives; notes when the worker then removes the file."""
+
+    def __init__(self, app: ASGIApp, database_url: str, user_id: uuid.UUID) -> None:
+        self.app, self.database_url, self.user_id = app, database_url, user_id
+        self.cancelled = self.removed = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope.get("method"), scope.get("path", "")
+        if method in ("POST", "PUT") and "/object/" in path and not self.cancelled:
+            claims = json.dumps({"sub": str(self.user_id), "role": "authenticated"})
+            async with (
+                await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn,
+                conn.transaction(),
+            ):
+                await conn.execute("set local role authenticated")
+                await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+                await conn.execute(
+                    "update image_generations set status = 'failed',"
+                    " error_message = 'Cancelled by user' where user_id = %s",
+                    (self.user_id,),
+                )
+            self.cancelled = True
+        await self.app(scope, receive, send)
+        if method == "DELETE":
+            self.removed = True
+
+
+async def test_a_cancel_during_the_download_leaves_no_file_and_no_image(
+    conn: Conn, database_url: str, user_id: uuid.UUID, tmp_path: Path
+) -> None:
+    """The cancel lands while the output is being stored: the generation stays failed,
+    no images row is written and the stored file is removed again."""
+    generation_id = start(conn, user_id)
+    made: list[CancelDuringUpload] = []
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        made.append(CancelDuringUpload(app, database_url, user_id))
+        return made[0]
+
+    with run_stack(database_url, tmp_path / "storage", storage_middleware=wrap) as stack:
+        async with open_worker(stack.settings()) as worker:
+            runner = asyncio.create_task(worker.runner.run())
+            try:
+                await poll(lambda: made[0].removed)
+            finally:
+                worker.runner.stop()
+                await runner
+    row = conn.execute(
+        "select status, error_message from image_generations where id = %s", (generation_id,)
+    ).fetchone()
+    assert row == {"status": "failed", "error_message": "Cancelled by user"}
+    assert conn.execute("select count(*) as n from images").fetchone() == {"n": 0}
+    assert list((tmp_path / "storage").rglob("*.webp")) == []
+    jobs = {row["job_type"]: row["status"] for row in conn.execute("select * from job_queue")}
+    # The prediction had succeeded already: there is nothing to cancel at Replicate.
+    assert jobs == {"generate-image": "completed", "download-image": "cancelled"}

@@ -38,6 +38,7 @@ async def download_image(job: Job, ctx: JobContext) -> None:
         worker_id=ctx.worker_id,
     )
     if image is None:
+        await _remove_if_cancelled(generation_id, user_id, stored.storage_path, ctx)
         raise LeaseLost()
     # The one line a generation leaves at info level (failures log as warnings).
     log.info(
@@ -48,3 +49,16 @@ async def download_image(job: Job, ctx: JobContext) -> None:
         bytes=stored.file_size,
         url=stored.public_url,
     )
+
+
+async def _remove_if_cancelled(
+    generation_id: uuid.UUID, user_id: uuid.UUID, storage_path: str, ctx: JobContext
+) -> None:
+    """The generation was cancelled while its file was uploading: the file goes too. (A
+    job taken over by another worker keeps it: that worker stores the same path.) A
+    failed generation does not complete (sql/0020_client_writes.sql) until a retry,
+    whose own download stores the file again."""
+    generation = await ctx.db.get_generation(generation_id, user_id)
+    if generation is not None and generation.get("status") == "failed":
+        await ctx.storage.remove(storage_path)
+        log.info("cancelled generation's file removed", generation_id=str(generation_id))
