@@ -233,6 +233,28 @@ class Database:
         rows = await self._rows("start_generation", p_user_id=user_id, **args)
         return uuid.UUID(str(rows[0]["generation_id"])), uuid.UUID(str(rows[0]["job_id"]))
 
+    async def start_legacy_generation(
+        self, user_id: uuid.UUID, generation_id: uuid.UUID | None, **params: Any
+    ) -> tuple[uuid.UUID, str]:
+        """The legacy call's generation, started (or found started or ended): (id, status)."""
+        args = {f"p_{name}": value for name, value in params.items() if value is not None}
+        rows = await self._rows(
+            "start_legacy_generation", p_user_id=user_id, p_generation_id=generation_id, **args
+        )
+        return uuid.UUID(str(rows[0]["generation_id"])), str(rows[0]["status"])
+
+    async def start_batch(self, user_id: uuid.UUID, request: dict[str, Any]) -> dict[str, Any]:
+        """batch-generate's body, checked, admitted and started whole: {id, name,
+        total_count, generations}."""
+        batch: dict[str, Any] = await self._scalar(
+            "start_batch", p_user_id=user_id, p_request=request
+        )
+        return batch
+
+    async def process_queue(self, user_id: uuid.UUID) -> int:
+        """Start the user's pending generations within their limits; how many started."""
+        return int(await self._scalar("process_queue", p_user_id=user_id) or 0)
+
     async def generation_parameters(self, **params: Any) -> dict[str, Any]:
         """The parameters checked against the model's limits, with its defaults filled in."""
         args = {f"p_{name}": value for name, value in params.items() if value is not None}
