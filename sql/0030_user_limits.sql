@@ -126,15 +126,21 @@ $$;
 -- `p_count` generations of one request (a batch) are admitted or refused together. Raises
 -- PT503 when the queue is full, PT429 when a limit of the user refuses (DETAIL: when to
 -- retry, as an ISO timestamp, for Retry-After); else counts them in the user's row.
+-- `p_counted`: generations already counted when their row was admitted (an app's insert)
+-- and only now started: only the queue and the concurrent limit apply.
 drop function if exists imagegen.admit_generation(uuid);
-create or replace function imagegen.admit_generation(p_user_id uuid, p_count integer default 1)
-returns void
+create or replace function imagegen.admit_generation(
+    p_user_id uuid,
+    p_count integer default 1,
+    p_counted boolean default false
+) returns void
 language plpgsql
 security definer
 set search_path = public, pg_temp
 as $$
 declare
     v_queue_limit integer := imagegen.integer_setting('max_queue_depth', 10000);
+    v_new integer := case when p_counted then 0 else p_count end;
     v_limits jsonb;
 begin
     if v_queue_limit > 0 and imagegen.queue_full(v_queue_limit) then
@@ -144,29 +150,32 @@ begin
     end if;
     -- Refused at once when a limit already refuses, without queueing behind this user's
     -- lock (a burst is answered in parallel); else take the lock and look again.
-    v_limits := imagegen.rate_limits(p_user_id, p_count);
+    v_limits := imagegen.rate_limits(p_user_id, v_new);
     if (v_limits ->> 'can_generate')::boolean then
         perform pg_advisory_xact_lock(hashtextextended('imagegen.admission:' || p_user_id, 0));
-        v_limits := imagegen.rate_limits(p_user_id, p_count);
+        v_limits := imagegen.rate_limits(p_user_id, v_new);
     end if;
     if not (v_limits ->> 'can_generate')::boolean then
         raise exception using errcode = 'PT429', message = v_limits ->> 'limit_reason',
             detail = coalesce(v_limits ->> 'retry_at', '');
+    end if;
+    if v_new = 0 then
+        return;
     end if;
 
     insert into user_rate_limits as u (
         user_id, daily_generations_count, daily_reset_at, hourly_generations_count,
         hourly_reset_at, last_generation_at, total_generations_all_time, updated_at
     )
-    values (p_user_id, p_count, (v_limits ->> 'daily_reset_at')::timestamptz, p_count,
-            (v_limits ->> 'hourly_reset_at')::timestamptz, now(), p_count, now())
+    values (p_user_id, v_new, (v_limits ->> 'daily_reset_at')::timestamptz, v_new,
+            (v_limits ->> 'hourly_reset_at')::timestamptz, now(), v_new, now())
     on conflict (user_id) do update
-    set daily_generations_count = (v_limits ->> 'daily_used')::integer + p_count,
+    set daily_generations_count = (v_limits ->> 'daily_used')::integer + v_new,
         daily_reset_at = excluded.daily_reset_at,
-        hourly_generations_count = (v_limits ->> 'hourly_used')::integer + p_count,
+        hourly_generations_count = (v_limits ->> 'hourly_used')::integer + v_new,
         hourly_reset_at = excluded.hourly_reset_at,
         last_generation_at = now(),
-        total_generations_all_time = coalesce(u.total_generations_all_time, 0) + p_count,
+        total_generations_all_time = coalesce(u.total_generations_all_time, 0) + v_new,
         updated_at = now();
 end
 $$;
@@ -210,7 +219,7 @@ as $$
 $$;
 
 revoke all on function imagegen.active_generations(uuid), imagegen.rate_limits(uuid, integer),
-    imagegen.admit_generation(uuid, integer), public.get_user_limits(uuid),
+    imagegen.admit_generation(uuid, integer, boolean), public.get_user_limits(uuid),
     public.check_rate_limit(uuid, integer)
     from public, anon, authenticated;
 grant execute on function public.get_user_limits(uuid), public.check_rate_limit(uuid, integer)

@@ -79,6 +79,19 @@ begin
 end
 $$;
 
+-- Whether the generation ran before (a retry): then starting it again is a new request.
+-- An app's pending row that never ran was counted against the limits when it was inserted.
+create or replace function imagegen.ran_before(p_generation_id uuid) returns boolean
+language sql
+stable
+set search_path = public, pg_temp
+as $$
+    select exists (
+        select from job_queue
+        where payload ? 'generation_id' and payload ->> 'generation_id' = p_generation_id::text
+          and job_type = 'generate-image')
+$$;
+
 -- The generation's active job, if it has one.
 create or replace function imagegen.active_job(p_generation_id uuid) returns uuid
 language sql
@@ -93,8 +106,8 @@ as $$
 $$;
 
 -- The legacy generate-image: without a generation id, start_generation (a row of its
--- own); with one, the caller's row: a `pending` row is admitted and queued, an active one
--- keeps its job, an ended one is answered as it is. The endpoint then waits for the row.
+-- own); with one, the caller's row: a row no job works on is admitted and queued, one
+-- with an active job keeps it, an ended one is answered as it is. The endpoint then waits for the row.
 create or replace function public.start_legacy_generation(
     p_user_id uuid,
     p_prompt text,
@@ -137,12 +150,14 @@ begin
         perform imagegen.invalid('generation_id', 'Unknown generation');
     end if;
     v_job_id := imagegen.active_job(g.id);
-    if g.status = 'pending' and v_job_id is null then
+    -- Not ended and nothing working on it (the app's new row; an orphan): start it.
+    if g.status in ('pending', 'queued', 'processing', 'downloading') and v_job_id is null then
         p := generation_parameters(
             p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
             p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
         );
-        perform imagegen.admit_generation(p_user_id);
+        perform imagegen.admit_generation(p_user_id,
+                                          p_counted => not imagegen.ran_before(g.id));
         v_job_id := imagegen.queue_generation(g.id, p);
         return query select g.id, v_job_id, 'queued'::text;
         return;
@@ -180,7 +195,8 @@ begin
             continue;
         end;
         begin
-            perform imagegen.admit_generation(p_user_id);
+            perform imagegen.admit_generation(p_user_id,
+                                              p_counted => not imagegen.ran_before(g.id));
         exception when sqlstate 'PT429' or sqlstate 'PT503' then
             exit;
         end;
@@ -193,7 +209,7 @@ $$;
 
 revoke all on function imagegen.stamp_ended_generation(),
     imagegen.row_parameters(public.image_generations), imagegen.queue_generation(uuid, jsonb),
-    imagegen.active_job(uuid),
+    imagegen.active_job(uuid), imagegen.ran_before(uuid),
     public.start_legacy_generation(uuid, text, text, uuid, text, integer, integer, integer,
                                    numeric, bigint, text, text, numeric, text),
     public.process_queue(uuid)

@@ -50,12 +50,13 @@ CREATE FUNCTION imagegen.active_job(p_generation_id uuid) RETURNS uuid
     limit 1
 $$;
 
-CREATE FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer DEFAULT 1) RETURNS void
+CREATE FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer DEFAULT 1, p_counted boolean DEFAULT false) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
     v_queue_limit integer := imagegen.integer_setting('max_queue_depth', 10000);
+    v_new integer := case when p_counted then 0 else p_count end;
     v_limits jsonb;
 begin
     if v_queue_limit > 0 and imagegen.queue_full(v_queue_limit) then
@@ -65,29 +66,32 @@ begin
     end if;
     -- Refused at once when a limit already refuses, without queueing behind this user's
     -- lock (a burst is answered in parallel); else take the lock and look again.
-    v_limits := imagegen.rate_limits(p_user_id, p_count);
+    v_limits := imagegen.rate_limits(p_user_id, v_new);
     if (v_limits ->> 'can_generate')::boolean then
         perform pg_advisory_xact_lock(hashtextextended('imagegen.admission:' || p_user_id, 0));
-        v_limits := imagegen.rate_limits(p_user_id, p_count);
+        v_limits := imagegen.rate_limits(p_user_id, v_new);
     end if;
     if not (v_limits ->> 'can_generate')::boolean then
         raise exception using errcode = 'PT429', message = v_limits ->> 'limit_reason',
             detail = coalesce(v_limits ->> 'retry_at', '');
+    end if;
+    if v_new = 0 then
+        return;
     end if;
 
     insert into user_rate_limits as u (
         user_id, daily_generations_count, daily_reset_at, hourly_generations_count,
         hourly_reset_at, last_generation_at, total_generations_all_time, updated_at
     )
-    values (p_user_id, p_count, (v_limits ->> 'daily_reset_at')::timestamptz, p_count,
-            (v_limits ->> 'hourly_reset_at')::timestamptz, now(), p_count, now())
+    values (p_user_id, v_new, (v_limits ->> 'daily_reset_at')::timestamptz, v_new,
+            (v_limits ->> 'hourly_reset_at')::timestamptz, now(), v_new, now())
     on conflict (user_id) do update
-    set daily_generations_count = (v_limits ->> 'daily_used')::integer + p_count,
+    set daily_generations_count = (v_limits ->> 'daily_used')::integer + v_new,
         daily_reset_at = excluded.daily_reset_at,
-        hourly_generations_count = (v_limits ->> 'hourly_used')::integer + p_count,
+        hourly_generations_count = (v_limits ->> 'hourly_used')::integer + v_new,
         hourly_reset_at = excluded.hourly_reset_at,
         last_generation_at = now(),
-        total_generations_all_time = coalesce(u.total_generations_all_time, 0) + p_count,
+        total_generations_all_time = coalesce(u.total_generations_all_time, 0) + v_new,
         updated_at = now();
 end
 $$;
@@ -295,6 +299,16 @@ begin
         p_dedupe_key => 'generate-image:' || g.id
     );
 end
+$$;
+
+CREATE FUNCTION imagegen.ran_before(p_generation_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select exists (
+        select from job_queue
+        where payload ? 'generation_id' and payload ->> 'generation_id' = p_generation_id::text
+          and job_type = 'generate-image')
 $$;
 
 CREATE FUNCTION imagegen.rate_limits(p_user_id uuid, p_count integer DEFAULT 1) RETURNS jsonb
@@ -1210,7 +1224,8 @@ begin
             continue;
         end;
         begin
-            perform imagegen.admit_generation(p_user_id);
+            perform imagegen.admit_generation(p_user_id,
+                                              p_counted => not imagegen.ran_before(g.id));
         exception when sqlstate 'PT429' or sqlstate 'PT503' then
             exit;
         end;
@@ -1466,12 +1481,14 @@ begin
         perform imagegen.invalid('generation_id', 'Unknown generation');
     end if;
     v_job_id := imagegen.active_job(g.id);
-    if g.status = 'pending' and v_job_id is null then
+    -- Not ended and nothing working on it (the app's new row; an orphan): start it.
+    if g.status in ('pending', 'queued', 'processing', 'downloading') and v_job_id is null then
         p := generation_parameters(
             p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
             p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
         );
-        perform imagegen.admit_generation(p_user_id);
+        perform imagegen.admit_generation(p_user_id,
+                                          p_counted => not imagegen.ran_before(g.id));
         v_job_id := imagegen.queue_generation(g.id, p);
         return query select g.id, v_job_id, 'queued'::text;
         return;
@@ -1806,7 +1823,7 @@ REVOKE ALL ON FUNCTION imagegen.active_generations(p_user_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.active_job(p_generation_id uuid) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer, p_counted boolean) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.count_batch_items() FROM PUBLIC;
 
@@ -1829,6 +1846,8 @@ REVOKE ALL ON FUNCTION imagegen.put_setting(p_key text, p_value text) FROM PUBLI
 REVOKE ALL ON FUNCTION imagegen.queue_full(p_limit integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.queue_generation(p_generation_id uuid, p jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.ran_before(p_generation_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.rate_limits(p_user_id uuid, p_count integer) FROM PUBLIC;
 
