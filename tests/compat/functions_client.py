@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from supabase import Client, create_client
+from supabase import Client, ClientOptions, create_client
 
 from api.app import create_app
 from api.auth import mint_dev_token
@@ -35,7 +35,9 @@ class Served:
 
     def client(self, user_id: uuid.UUID) -> Client:
         """What the apps hold: a Supabase client signed in as the user."""
-        client = create_client(self.url, "anon-key-of-the-project")
+        # The legacy call waits for the whole generation, as the app does (retries included).
+        options = ClientOptions(function_client_timeout=120)
+        client = create_client(self.url, "anon-key-of-the-project", options)
         client.functions.set_auth(self.token(user_id))
         return client
 
