@@ -132,7 +132,8 @@ def test_only_started_work_counts_against_the_concurrent_limit(conn: Conn) -> No
     start(conn, alice)
     with pytest.raises(psycopg.Error) as refused:
         start(conn, alice)
-    assert refused.value.sqlstate == "PT429" and "at once" in refused.value.diag.message_primary
+    assert refused.value.sqlstate == "PT429"
+    assert "at once" in str(refused.value.diag.message_primary)
     assert user_limits(conn, alice, alice)["active_generations"] == 2
     # One finishes (here: its job is cancelled): a slot is free again.
     conn.execute(
