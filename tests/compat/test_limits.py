@@ -171,3 +171,26 @@ def test_a_refused_start_generation_is_429_with_retry_after_at_the_reset(
     expected = math.ceil((reset - datetime.now(UTC)).total_seconds())
     assert abs(int(refused.headers["retry-after"]) - expected) <= 60
     assert counts(conn) == before
+
+
+def test_process_queue_starts_pending_rows_within_the_limits(conn: Conn) -> None:
+    """M/store/batchStore.ts retryFailed: process-queue starts what a retry left pending;
+    beyond the user's concurrent limit the rest stay pending, never with a second job."""
+    alice = make_user(conn)
+    set_limits(conn, alice, max_concurrent_generations=2)
+    conn.execute(
+        "insert into image_generations (user_id, prompt, model, status)"
+        " select %s, 'waiting ' || n, 'flux-schnell', 'pending' from generate_series(1, 5) n",
+        (alice,),
+    )
+    started = conn.execute("select process_queue(%s) as n", (alice,)).fetchone()
+    assert started == {"n": 2}
+    assert conn.execute("select process_queue(%s) as n", (alice,)).fetchone() == {"n": 0}
+    statuses = conn.execute(
+        "select status, count(*) as n from image_generations group by status order by status"
+    ).fetchall()
+    assert statuses == [{"status": "pending", "n": 3}, {"status": "queued", "n": 2}]
+    jobs = conn.execute(
+        "select count(*) as n, count(distinct payload ->> 'generation_id') as g from job_queue"
+    ).fetchone()
+    assert jobs == {"n": 2, "g": 2}

@@ -171,3 +171,35 @@ def test_120_concurrent_legacy_calls_admit_the_limit_and_every_file_has_its_row(
     images = conn.execute("select storage_path from images where user_id = %s", (user,)).fetchall()
     assert served.stored_files() == {row["storage_path"] for row in images}
     assert len(images) == 5
+
+
+def test_a_legacy_generation_whose_worker_died_is_taken_over(conn: Conn) -> None:
+    """The legacy call's work is a queue job with a lease: if the process running it dies
+    mid-call, the row does not stay `processing`; the next worker takes the job over."""
+    user = make_user(conn)
+    row = conn.execute(
+        "insert into image_generations (user_id, prompt, model, status)"
+        " values (%s, 'a fox', 'flux-schnell', 'pending') returning id",
+        (user,),
+    ).fetchone()
+    assert row is not None
+    started = conn.execute(
+        "select * from start_legacy_generation(p_user_id => %s, p_prompt => 'a fox',"
+        " p_model_id => %s, p_generation_id => %s)",
+        (user, FLUX, row["id"]),
+    ).fetchone()
+    assert started is not None and started["status"] == "queued"
+    claimed = conn.execute("select id from claim_jobs('crashed', 1, null, 30)").fetchone()
+    assert claimed == {"id": started["job_id"]}
+    conn.execute("select * from begin_generation(%s, 'crashed')", (started["job_id"],))
+    assert generation(conn, row["id"])["status"] == "processing"
+    conn.execute(  # the crashed worker's lease runs out
+        "update job_queue set locked_until = now() - interval '1 second' where id = %s",
+        (started["job_id"],),
+    )
+    taken = conn.execute("select id, attempts from claim_jobs('next', 1, null, 30)").fetchone()
+    assert taken == {"id": started["job_id"], "attempts": 2}
+    resumed = conn.execute(
+        "select status from begin_generation(%s, 'next')", (started["job_id"],)
+    ).fetchone()
+    assert resumed == {"status": "processing"}
