@@ -300,6 +300,8 @@ async def generate_image(request: Request) -> Response:
             {"error": generation.get("error_message") or "Image generation failed"},
             status_code=400,
         )
+    if not generation["images"]:  # an old platform's row, completed without one
+        raise ClientError(400, "generation_id: This generation has no image")
     image = generation["images"][0]
     # Whole seconds, as the old function answered.
     seconds = generation.get("generation_time_seconds")
@@ -332,9 +334,7 @@ async def _wait_until_ended(
             raise _database_failure(exc) from exc
         if generation is None:
             raise ClientError(400, "generation_id: Unknown generation")
-        if generation["status"] == "failed" or (
-            generation["status"] == "completed" and generation["images"]
-        ):
+        if generation["status"] in ("completed", "failed"):
             return generation
         if time.monotonic() > deadline:
             raise ClientError(504, f"Generation {generation_id} is still running")
