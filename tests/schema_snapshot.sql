@@ -96,6 +96,159 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) RETURNS uuid
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select enqueue_job(
+        p_job_type => 'cancel-prediction',
+        -- Not `generation_id`: this job is not the generation's work (a retry need not
+        -- wait for it, and its failure must not fail the retried generation).
+        p_payload => jsonb_build_object('prediction_id', p_prediction_id,
+                                        'cancelled_generation_id', p_generation_id,
+                                        'user_id', p_user_id),
+        p_priority => 1,  -- a running prediction costs money until it stops
+        p_created_by => p_user_id,
+        p_dedupe_key => 'cancel-prediction:' || p_prediction_id
+    )
+$$;
+
+CREATE FUNCTION imagegen.check_client_generation() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    m models;
+    p jsonb;
+    v_source boolean;
+begin
+    if new.status is distinct from 'pending' then
+        perform imagegen.invalid('status', 'a new generation starts as pending');
+    end if;
+    -- The apps name the model by models.name; the API's names (id, Replicate id) work too.
+    select * into m
+    from models
+    where name = new.model or id::text = lower(new.model) or replicate_id = new.model
+    order by name = new.model desc, is_active desc nulls last, is_default desc nulls last,
+             sort_order nulls last, created_at
+    limit 1;
+    if not found then
+        perform imagegen.invalid('model', format('Unknown model: %s', new.model));
+    end if;
+    if new.source_image_url is not null then
+        perform imagegen.check_source_image_url(new.source_image_url);
+    end if;
+    v_source := new.source_image_url is not null and coalesce(m.supports_img2img, false);
+    p := generation_parameters(
+        p_prompt => new.prompt, p_model_id => m.id::text, p_width => new.width,
+        p_height => new.height, p_num_inference_steps => new.steps,
+        p_guidance_scale => new.guidance_scale, p_negative_prompt => new.negative_prompt,
+        p_source_image_url => case when v_source then new.source_image_url end,
+        p_strength => case when v_source then new.generation_strength end,
+        p_style => new.style
+    );
+    perform imagegen.admit_generation(new.user_id);
+
+    new.model := p ->> 'model_name';
+    new.model_id := (p ->> 'model_row_id')::uuid;
+    new.width := (p ->> 'width')::integer;
+    new.height := (p ->> 'height')::integer;
+    new.steps := (p ->> 'num_inference_steps')::integer;
+    new.guidance_scale := (p ->> 'guidance_scale')::numeric;
+    new.source_image_url := case when v_source then new.source_image_url end;
+    new.generation_strength := (p ->> 'strength')::numeric;
+    return new;
+end
+$$;
+
+CREATE FUNCTION imagegen.check_client_generation_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    new.completed_at := old.completed_at;  -- the server's, even where a client sends one
+    if new.retry_count is distinct from old.retry_count and new.retry_count <> 0 then
+        perform imagegen.invalid('retry_count', 'retry_count can only be reset to 0');
+    end if;
+
+    if old.status in ('pending', 'queued', 'processing', 'downloading')
+       and new.status = 'failed' then
+        new.error_message := left(coalesce(new.error_message, 'Cancelled by user'), 1000);
+        new.retry_count := old.retry_count;
+        new.completed_at := now();
+    elsif old.status = 'failed' and new.status = 'pending' then
+        if exists (select from job_queue
+                   where payload ? 'generation_id' and payload ->> 'generation_id' = old.id::text
+                     and status in ('pending', 'processing')) then
+            perform imagegen.invalid('status',
+                'this generation is still being worked on; retry it when it has ended');
+        end if;
+        new.error_message := null;
+        new.retry_count := 0;
+        new.completed_at := null;
+        new.generation_time_seconds := null;
+        new.replicate_prediction_id := null;
+        new.prediction_requested_at := null;
+    elsif old.status = 'failed' and new.status = 'failed' then
+        new.error_message := left(coalesce(new.error_message, old.error_message), 1000);
+        new.retry_count := old.retry_count;
+    elsif new is not distinct from old then
+        return new;  -- nothing changes
+    else
+        perform imagegen.invalid('status', format(
+            'a generation cannot be moved from %s to %s', old.status, new.status));
+    end if;
+    new.updated_at := now();
+    return new;
+end
+$$;
+
+CREATE FUNCTION imagegen.check_source_image_url(p_url text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    v_authority text := substring(p_url from '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)');
+    v_host text;
+    v_address inet;
+begin
+    if p_url !~* '^https?://[^\s]+$' or length(p_url) > 2048 then
+        perform imagegen.invalid('source_image_url', 'source_image_url must be an http(s) URL');
+    end if;
+    if position('@' in v_authority) > 0 then
+        perform imagegen.invalid('source_image_url',
+                                 'source_image_url must not contain credentials');
+    end if;
+    v_host := lower(case when v_authority like '[%'
+                         then substring(v_authority from '^\[([^\]]*)\]')
+                         else split_part(v_authority, ':', 1) end);
+    begin
+        v_address := v_host::inet;
+    exception when invalid_text_representation then
+        v_address := null;
+    end;
+    if v_address is null then
+        if v_host !~ '^[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z][a-z0-9-]*\.?$'
+           or v_host ~ '(^|\.)(localhost|local|internal|localdomain|home|lan|arpa)\.?$' then
+            perform imagegen.invalid('source_image_url',
+                'source_image_url must name a public host');
+        end if;
+    elsif v_address <<= any (array[
+            -- worker/source_image.py's _FORBIDDEN_V4 and _FORBIDDEN_V6, and every IPv6
+            -- form that embeds an IPv4 address (mapped, compatible, NAT64, 6to4).
+            '0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16',
+            '172.16.0.0/12', '192.0.0.0/24', '192.0.2.0/24', '192.88.99.0/24',
+            '192.168.0.0/16', '198.18.0.0/15', '198.51.100.0/24', '203.0.113.0/24',
+            '224.0.0.0/4', '240.0.0.0/4',
+            '::/96', '::ffff:0:0/96', '64:ff9b::/96', '64:ff9b:1::/48', '100::/64',
+            '2001::/23', '2001:db8::/32', '2002::/16', 'fc00::/7', 'fe80::/10', 'fec0::/10',
+            'ff00::/8']::inet[]) then
+        perform imagegen.invalid('source_image_url',
+            'source_image_url points to a private or reserved address');
+    end if;
+end
+$_$;
+
 CREATE FUNCTION imagegen.count_batch_items() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -377,6 +530,17 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.refuse_reopening_generation() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    perform imagegen.invalid('status', format(
+        'generation %s is %s and cannot become %s', old.id, old.status, new.status));
+    return null;
+end
+$$;
+
 CREATE TABLE public.image_generations (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     user_id uuid NOT NULL,
@@ -444,6 +608,34 @@ CREATE FUNCTION imagegen.stamp_ended_generation() RETURNS trigger
 begin
     new.completed_at := coalesce(new.completed_at, now());
     return new;
+end
+$$;
+
+CREATE FUNCTION imagegen.stop_failed_generation() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_stopped integer;
+begin
+    with stopped as (
+        update job_queue
+        set status = 'cancelled', completed_at = now(), updated_at = now(),
+            error_message = coalesce(new.error_message, 'Cancelled'),
+            locked_by = null, locked_until = null
+        where payload ? 'generation_id' and payload ->> 'generation_id' = new.id::text
+          and status in ('pending', 'processing')
+        returning id
+    )
+    select count(*) into v_stopped from stopped;
+
+    if new.replicate_prediction_id is not null
+       and old.status in ('pending', 'queued', 'processing')
+       and (v_stopped > 0 or new.user_id = auth.uid()) then
+        perform imagegen.cancel_prediction_later(new.replicate_prediction_id, new.id,
+                                                 new.user_id);
+    end if;
+    return null;
 end
 $$;
 
@@ -517,19 +709,12 @@ CREATE FUNCTION public.cancel_generation(p_generation_id uuid) RETURNS boolean
     AS $$
 begin
     update image_generations
-    set status = 'failed', error_message = 'Cancelled by the user', updated_at = now()
+    set status = 'failed', error_message = 'Cancelled by the user', completed_at = now(),
+        updated_at = now()
     where id = p_generation_id
       and user_id = auth.uid()
       and status in ('pending', 'queued', 'processing', 'downloading');
-    if not found then
-        return false;
-    end if;
-    update job_queue
-    set status = 'cancelled', completed_at = now(), updated_at = now(),
-        error_message = 'Cancelled by the user', locked_by = null, locked_until = null
-    where payload ->> 'generation_id' = p_generation_id::text
-      and status in ('pending', 'processing');
-    return true;
+    return found;
 end
 $$;
 
@@ -1270,12 +1455,24 @@ CREATE FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_pred
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+declare
+    v_job job_queue;
 begin
     update image_generations
     set replicate_prediction_id = p_prediction_id, prediction_requested_at = null,
         updated_at = now()
     where id = imagegen.held_generation(p_job_id, p_worker_id);
-    return found;
+    if found then
+        return true;
+    end if;
+    select * into v_job from job_queue where id = p_job_id;
+    if v_job.status = 'cancelled'
+       and not exists (select from image_generations
+                       where replicate_prediction_id = p_prediction_id) then
+        perform imagegen.cancel_prediction_later(
+            p_prediction_id, (v_job.payload ->> 'generation_id')::uuid, v_job.created_by);
+    end if;
+    return false;
 exception when unique_violation then
     return false;
 end
@@ -1747,6 +1944,14 @@ CREATE TRIGGER batch_counts_kept BEFORE UPDATE ON public.batch_generations FOR E
 
 CREATE TRIGGER batch_items_counted AFTER UPDATE ON public.image_generations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION imagegen.count_batch_items();
 
+CREATE TRIGGER client_changes_generation BEFORE UPDATE ON public.image_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_generation_change();
+
+CREATE TRIGGER client_inserts_generation BEFORE INSERT ON public.image_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_generation();
+
+CREATE TRIGGER ended_generation_stays_ended BEFORE UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((old.status = ANY (ARRAY['completed'::text, 'failed'::text])) AND (new.status IS DISTINCT FROM old.status) AND (NOT ((old.status = 'failed'::text) AND (new.status = 'pending'::text))))) EXECUTE FUNCTION imagegen.refuse_reopening_generation();
+
+CREATE TRIGGER failed_generation_stops_its_work AFTER UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'failed'::text) AND (old.status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text])))) EXECUTE FUNCTION imagegen.stop_failed_generation();
+
 CREATE TRIGGER generation_failed_stamps_completed_at BEFORE UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'failed'::text) AND (old.status IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION imagegen.stamp_ended_generation();
 
 CREATE TRIGGER job_ended_fails_generation AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = ANY (ARRAY['failed'::text, 'cancelled'::text])) AND (old.status <> ALL (ARRAY['failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION imagegen.fail_generation_of_ended_job();
@@ -1776,6 +1981,14 @@ ALTER TABLE ONLY public.user_rate_limits
     ADD CONSTRAINT user_rate_limits_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
 
 CREATE POLICY "Anyone reads active models" ON public.models FOR SELECT TO anon, authenticated USING (is_active);
+
+CREATE POLICY "Only own generations are added" ON public.image_generations AS RESTRICTIVE FOR INSERT TO authenticated WITH CHECK ((user_id = auth.uid()));
+
+CREATE POLICY "Only own generations are changed" ON public.image_generations AS RESTRICTIVE FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
+
+CREATE POLICY "Users add their own pending generations" ON public.image_generations FOR INSERT TO authenticated WITH CHECK (((user_id = auth.uid()) AND (status = 'pending'::text)));
+
+CREATE POLICY "Users cancel and retry their own generations" ON public.image_generations FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
 
 CREATE POLICY "Users delete their own batches" ON public.batch_generations FOR DELETE TO authenticated USING ((user_id = auth.uid()));
 
@@ -1825,6 +2038,14 @@ REVOKE ALL ON FUNCTION imagegen.active_job(p_generation_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer, p_counted boolean) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.check_client_generation() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.check_client_generation_change() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.check_source_image_url(p_url text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.count_batch_items() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.cron_version_at_least(p_major integer, p_minor integer) FROM PUBLIC;
@@ -1851,12 +2072,46 @@ REVOKE ALL ON FUNCTION imagegen.ran_before(p_generation_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.rate_limits(p_user_id uuid, p_count integer) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.refuse_reopening_generation() FROM PUBLIC;
+
 GRANT SELECT ON TABLE public.image_generations TO authenticated;
 GRANT ALL ON TABLE public.image_generations TO service_role;
+
+GRANT INSERT(user_id) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(prompt) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(negative_prompt) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(model) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(style) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(width) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(height) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(steps) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(guidance_scale) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(source_image_url) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(generation_strength) ON TABLE public.image_generations TO authenticated;
+
+GRANT INSERT(status),UPDATE(status) ON TABLE public.image_generations TO authenticated;
+
+GRANT UPDATE(error_message) ON TABLE public.image_generations TO authenticated;
+
+GRANT UPDATE(retry_count) ON TABLE public.image_generations TO authenticated;
+
+GRANT UPDATE(completed_at) ON TABLE public.image_generations TO authenticated;
 
 REVOKE ALL ON FUNCTION imagegen.row_parameters(g public.image_generations) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.stamp_ended_generation() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.stop_failed_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) TO service_role;

@@ -360,6 +360,7 @@ _COUNTERS = (
     "unauthorized",
     "invalid_inputs",
     "cancel_requests",
+    "canceled_by_request",  # cancel requests that stopped a running prediction
     "list_requests",
     "downloads",
     "expired_downloads",
@@ -497,6 +498,7 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
         now = time.monotonic()
         if prediction.status(now) in ("starting", "processing"):
             prediction.canceled_at = now
+            sim.counters["canceled_by_request"] += 1
             log.debug("simulated prediction canceled", prediction_id=prediction.id)
         return JSONResponse(sim.to_json(prediction, _base_url(request)))
 

@@ -5,6 +5,7 @@ it makes; on failure it raises and the runner records the error (retry or fail).
 
 from __future__ import annotations
 
+from worker.jobs.cancel_prediction import cancel_prediction
 from worker.jobs.context import JobContext
 from worker.jobs.download_image import download_image
 from worker.jobs.generate_image import generate_image
@@ -13,6 +14,7 @@ from worker.runner import Handler
 HANDLERS: dict[str, Handler] = {
     "generate-image": generate_image,
     "download-image": download_image,
+    "cancel-prediction": cancel_prediction,
 }
 
 __all__ = ["HANDLERS", "JobContext"]
