@@ -279,7 +279,7 @@ async def process_generation(request: Request) -> Response:
 
 async def generate_image(request: Request) -> Response:
     """The legacy synchronous path: the generation goes through the queue like any other
-    (admission, limits, leases, one prediction per row) and the call waits for its end.
+    (admission, limits, leases, one prediction per row) and the call runs it to its end.
     With `generation_id` it is the caller's own row (the mobile app inserts it pending)."""
     service = _service(request)
     user = await service.user(request)
@@ -292,9 +292,7 @@ async def generate_image(request: Request) -> Response:
         )
     except (DatabaseError, GatewayUnavailable) as exc:
         raise _database_failure(exc) from exc
-    if service.runs_jobs:
-        service.worker.runner.wake()
-    generation = await _wait_until_ended(service, generation_id, user.user_id)
+    generation = await _run_until_ended(service, generation_id, user.user_id)
     if generation["status"] == "failed":
         return JSONResponse(
             {"error": generation.get("error_message") or "Image generation failed"},
@@ -320,16 +318,25 @@ async def generate_image(request: Request) -> Response:
     )
 
 
-async def _wait_until_ended(
+async def _run_until_ended(
     service: Service, generation_id: uuid.UUID, user_id: uuid.UUID
 ) -> dict[str, Any]:
-    """The generation once completed (with its image) or failed; 504 past the deadline
-    (the generation goes on: the app can read its row)."""
-    deadline = time.monotonic() + service.settings.prediction_timeout_seconds + 60
+    """Runs the generation's jobs here as they come due (a worker may take them first,
+    then this only waits) until it has completed (with its image) or failed; 504 past the
+    deadline (the generation goes on: the app can read its row)."""
+    worker, settings = service.worker, service.settings
+    deadline = time.monotonic() + settings.prediction_timeout_seconds + 60
     delay = 0.05
     while True:
         try:
-            generation = await service.worker.db.get_generation(generation_id, user_id)
+            job = await worker.db.claim_generation_job(
+                generation_id, worker.runner.worker_id, settings.lease_seconds
+            )
+            if job is not None:
+                await worker.runner.run_claimed(job)
+                delay = 0.05
+                continue
+            generation = await worker.db.get_generation(generation_id, user_id)
         except (DatabaseError, GatewayUnavailable) as exc:
             raise _database_failure(exc) from exc
         if generation is None:

@@ -776,6 +776,33 @@ CREATE TABLE public.job_queue (
     CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 );
 
+CREATE FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer DEFAULT 300) RETURNS SETOF public.job_queue
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with due as (
+        select id
+        from job_queue
+        where payload ? 'generation_id'
+          and payload ->> 'generation_id' = p_generation_id::text
+          and status = 'pending'
+          and scheduled_at <= now()
+        order by priority desc, created_at
+        limit 1
+        for update skip locked
+    )
+    update job_queue j
+    set status = 'processing',
+        attempts = j.attempts + 1,
+        locked_by = p_worker_id,
+        locked_until = now() + make_interval(secs => coalesce(p_lease_seconds, 300)),
+        started_at = now(),
+        updated_at = now()
+    from due
+    where j.id = due.id
+    returning j.*
+$$;
+
 CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p_job_types text[] DEFAULT NULL::text[], p_lease_seconds integer DEFAULT 300) RETURNS SETOF public.job_queue
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2132,6 +2159,9 @@ GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) T
 
 GRANT SELECT ON TABLE public.job_queue TO authenticated;
 GRANT ALL ON TABLE public.job_queue TO service_role;
+
+REVOKE ALL ON FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.claim_jobs(p_worker_id text, p_limit integer, p_job_types text[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.claim_jobs(p_worker_id text, p_limit integer, p_job_types text[], p_lease_seconds integer) TO service_role;

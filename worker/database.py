@@ -184,6 +184,18 @@ class Database:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def claim_generation_job(
+        self, generation_id: uuid.UUID, worker_id: str, lease_seconds: int
+    ) -> Job | None:
+        """The generation's due pending job, now this worker's (the legacy call runs it)."""
+        rows = await self._rows(
+            "claim_generation_job",
+            p_generation_id=generation_id,
+            p_worker_id=worker_id,
+            p_lease_seconds=lease_seconds,
+        )
+        return Job.from_row(rows[0]) if rows else None
+
     async def heartbeat_jobs(
         self, worker_id: str, job_ids: Sequence[uuid.UUID], lease_seconds: int
     ) -> set[uuid.UUID]:
