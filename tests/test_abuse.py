@@ -371,7 +371,8 @@ def test_cross_user_access_through_rls(conn: Conn) -> None:
     finished = conn.execute(
         "select * from start_generation(%s, 'bob done', %s)", (bob, FLUX)
     ).fetchone()
-    conn.execute("select cancel_job(%s)", (finished["job_id"],))
+    # The legacy finish (no job): the job is done, the generation completes.
+    conn.execute("select complete_job(%s)", (finished["job_id"],))
     image = conn.execute(
         "select * from finish_generation(%s, 'p', 'https://cdn.test/x', 1, 1, 1, 'webp')",
         (finished["generation_id"],),
