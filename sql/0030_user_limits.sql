@@ -224,3 +224,48 @@ revoke all on function imagegen.active_generations(uuid), imagegen.rate_limits(u
     from public, anon, authenticated;
 grant execute on function public.get_user_limits(uuid), public.check_rate_limit(uuid, integer)
     to authenticated, service_role;
+
+-- For operators, the baseline's configure_admission with the new settings besides: e.g.
+-- select configure_admission(p_hourly_limit => 50). A null leaves a setting as it is, 0
+-- switches it off; the answer is every setting as it now is.
+drop function if exists public.configure_admission(integer, integer);
+create or replace function public.configure_admission(
+    p_max_active_per_user integer default null,
+    p_max_queue_depth integer default null,
+    p_daily_limit integer default null,
+    p_hourly_limit integer default null,
+    p_max_batch_size integer default null
+) returns jsonb
+language plpgsql
+security definer
+set search_path = public, pg_temp
+as $$
+begin
+    if least(p_max_active_per_user, p_max_queue_depth, p_daily_limit, p_hourly_limit,
+             p_max_batch_size) < 0 then
+        raise exception using errcode = 'invalid_parameter_value',
+                              message = 'limits must be 0 (off) or more';
+    end if;
+    insert into imagegen.settings (key, value)
+    select key, value::text
+    from (values ('max_active_generations_per_user', p_max_active_per_user),
+                 ('max_queue_depth', p_max_queue_depth),
+                 ('daily_generation_limit', p_daily_limit),
+                 ('hourly_generation_limit', p_hourly_limit),
+                 ('max_batch_size', p_max_batch_size)) given (key, value)
+    where value is not null
+    on conflict (key) do update set value = excluded.value, updated_at = now();
+    return jsonb_build_object(
+        'max_active_generations_per_user',
+        imagegen.integer_setting('max_active_generations_per_user', 50),
+        'max_queue_depth', imagegen.integer_setting('max_queue_depth', 10000),
+        'daily_generation_limit', imagegen.integer_setting('daily_generation_limit', 1000),
+        'hourly_generation_limit', imagegen.integer_setting('hourly_generation_limit', 200),
+        'max_batch_size', imagegen.integer_setting('max_batch_size', 10));
+end
+$$;
+
+revoke all on function public.configure_admission(integer, integer, integer, integer, integer)
+    from public, anon, authenticated;
+grant execute on function
+    public.configure_admission(integer, integer, integer, integer, integer) to service_role;

@@ -929,25 +929,32 @@ CREATE FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_resul
     returning j.id
 $$;
 
-CREATE FUNCTION public.configure_admission(p_max_active_per_user integer DEFAULT NULL::integer, p_max_queue_depth integer DEFAULT NULL::integer) RETURNS jsonb
+CREATE FUNCTION public.configure_admission(p_max_active_per_user integer DEFAULT NULL::integer, p_max_queue_depth integer DEFAULT NULL::integer, p_daily_limit integer DEFAULT NULL::integer, p_hourly_limit integer DEFAULT NULL::integer, p_max_batch_size integer DEFAULT NULL::integer) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
-    if p_max_active_per_user < 0 or p_max_queue_depth < 0 then
+    if least(p_max_active_per_user, p_max_queue_depth, p_daily_limit, p_hourly_limit,
+             p_max_batch_size) < 0 then
         raise exception using errcode = 'invalid_parameter_value',
                               message = 'limits must be 0 (off) or more';
     end if;
     insert into imagegen.settings (key, value)
     select key, value::text
     from (values ('max_active_generations_per_user', p_max_active_per_user),
-                 ('max_queue_depth', p_max_queue_depth)) given (key, value)
+                 ('max_queue_depth', p_max_queue_depth),
+                 ('daily_generation_limit', p_daily_limit),
+                 ('hourly_generation_limit', p_hourly_limit),
+                 ('max_batch_size', p_max_batch_size)) given (key, value)
     where value is not null
     on conflict (key) do update set value = excluded.value, updated_at = now();
     return jsonb_build_object(
         'max_active_generations_per_user',
         imagegen.integer_setting('max_active_generations_per_user', 50),
-        'max_queue_depth', imagegen.integer_setting('max_queue_depth', 10000));
+        'max_queue_depth', imagegen.integer_setting('max_queue_depth', 10000),
+        'daily_generation_limit', imagegen.integer_setting('daily_generation_limit', 1000),
+        'hourly_generation_limit', imagegen.integer_setting('hourly_generation_limit', 200),
+        'max_batch_size', imagegen.integer_setting('max_batch_size', 10));
 end
 $$;
 
@@ -2175,8 +2182,8 @@ GRANT ALL ON FUNCTION public.complete_job(p_job_id uuid, p_error_message text, p
 REVOKE ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[]) TO service_role;
 
-REVOKE ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer) TO service_role;
+REVOKE ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer, p_daily_limit integer, p_hourly_limit integer, p_max_batch_size integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer, p_daily_limit integer, p_hourly_limit integer, p_max_batch_size integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) TO service_role;

@@ -194,3 +194,20 @@ def test_process_queue_starts_pending_rows_within_the_limits(conn: Conn) -> None
         "select count(*) as n, count(distinct payload ->> 'generation_id') as g from job_queue"
     ).fetchone()
     assert jobs == {"n": 2, "g": 2}
+
+
+def test_operators_set_the_defaults_with_configure_admission(conn: Conn) -> None:
+    alice = make_user(conn)
+    row = conn.execute(
+        "select configure_admission(p_hourly_limit => 1, p_max_batch_size => 3) as s"
+    ).fetchone()
+    assert row is not None
+    assert row["s"]["hourly_generation_limit"] == 1 and row["s"]["max_batch_size"] == 3
+    assert row["s"]["daily_generation_limit"] == 1000  # left as it was
+    start(conn, alice)
+    with pytest.raises(psycopg.Error) as refused:
+        start(conn, alice)
+    assert refused.value.sqlstate == "PT429"
+    with pytest.raises(psycopg.Error) as negative:
+        conn.execute("select configure_admission(p_daily_limit => -1)")
+    assert negative.value.sqlstate == "22023"
