@@ -52,42 +52,53 @@ create index if not exists image_generations_batch_idx
 -- (completed / partial / failed). Once per statement, after all its rows are locked, so a
 -- multi-row update (the app's retry and cancel) cannot deadlock with a worker finishing
 -- an item of the same batch; increments, so concurrent finishes never lose a count.
+-- A batch's status from its counts: processing until every item has ended.
+create or replace function imagegen.batch_status(
+    p_total integer, p_completed integer, p_failed integer
+) returns text
+language sql
+immutable
+as $$
+    select case
+        when p_completed + p_failed < p_total then 'processing'
+        when p_failed = 0 then 'completed'
+        when p_completed = 0 then 'failed'
+        else 'partial' end
+$$;
+
 create or replace function imagegen.count_batch_items() returns trigger
 language plpgsql
 security definer
 set search_path = public, pg_temp
 as $$
 begin
+    -- The new counts are written in terms of the row being updated (b), never of a value
+    -- read before: when two finishes meet, the second re-reads the row the first wrote.
     with changes as (
         select n.batch_id,
-               sum((n.status = 'completed')::integer - (o.status = 'completed')::integer)
+               sum((n.status = 'completed')::integer - (o.status = 'completed')::integer)::integer
                    as completed,
-               sum((n.status = 'failed')::integer - (o.status = 'failed')::integer) as failed
+               sum((n.status = 'failed')::integer - (o.status = 'failed')::integer)::integer
+                   as failed
         from new_rows n
         join old_rows o on o.id = n.id
         where n.batch_id is not null and n.status is distinct from o.status
         group by n.batch_id
-    ),
-    counted as (
-        select b.id, b.total_count,
-               greatest(coalesce(b.completed_count, 0) + c.completed, 0) as completed,
-               greatest(coalesce(b.failed_count, 0) + c.failed, 0) as failed
-        from batch_generations b
-        join changes c on c.batch_id = b.id
     )
     update batch_generations b
-    set completed_count = counted.completed,
-        failed_count = counted.failed,
-        status = case
-            when counted.completed + counted.failed < counted.total_count then 'processing'
-            when counted.failed = 0 then 'completed'
-            when counted.completed = 0 then 'failed'
-            else 'partial' end,
+    set completed_count = greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+        failed_count = greatest(coalesce(b.failed_count, 0) + c.failed, 0),
+        status = imagegen.batch_status(
+            b.total_count, greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+            greatest(coalesce(b.failed_count, 0) + c.failed, 0)),
         completed_at = case
-            when counted.completed + counted.failed < counted.total_count then null
+            when imagegen.batch_status(
+                     b.total_count, greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+                     greatest(coalesce(b.failed_count, 0) + c.failed, 0)) = 'processing'
+                then null
             else coalesce(b.completed_at, now()) end
-    from counted
-    where b.id = counted.id;
+    from changes c
+    where b.id = c.batch_id;
     return null;
 end
 $$;
@@ -303,6 +314,7 @@ end
 $realtime$;
 
 revoke all on function imagegen.count_batch_items(), imagegen.keep_batch_counts(),
+    imagegen.batch_status(integer, integer, integer),
     public.start_batch(uuid, jsonb)
     from public, anon, authenticated;
 grant execute on function public.start_batch(uuid, jsonb) to service_role;

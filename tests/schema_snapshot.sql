@@ -96,6 +96,16 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select case
+        when p_completed + p_failed < p_total then 'processing'
+        when p_failed = 0 then 'completed'
+        when p_completed = 0 then 'failed'
+        else 'partial' end
+$$;
+
 CREATE FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) RETURNS uuid
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -254,36 +264,33 @@ CREATE FUNCTION imagegen.count_batch_items() RETURNS trigger
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
+    -- The new counts are written in terms of the row being updated (b), never of a value
+    -- read before: when two finishes meet, the second re-reads the row the first wrote.
     with changes as (
         select n.batch_id,
-               sum((n.status = 'completed')::integer - (o.status = 'completed')::integer)
+               sum((n.status = 'completed')::integer - (o.status = 'completed')::integer)::integer
                    as completed,
-               sum((n.status = 'failed')::integer - (o.status = 'failed')::integer) as failed
+               sum((n.status = 'failed')::integer - (o.status = 'failed')::integer)::integer
+                   as failed
         from new_rows n
         join old_rows o on o.id = n.id
         where n.batch_id is not null and n.status is distinct from o.status
         group by n.batch_id
-    ),
-    counted as (
-        select b.id, b.total_count,
-               greatest(coalesce(b.completed_count, 0) + c.completed, 0) as completed,
-               greatest(coalesce(b.failed_count, 0) + c.failed, 0) as failed
-        from batch_generations b
-        join changes c on c.batch_id = b.id
     )
     update batch_generations b
-    set completed_count = counted.completed,
-        failed_count = counted.failed,
-        status = case
-            when counted.completed + counted.failed < counted.total_count then 'processing'
-            when counted.failed = 0 then 'completed'
-            when counted.completed = 0 then 'failed'
-            else 'partial' end,
+    set completed_count = greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+        failed_count = greatest(coalesce(b.failed_count, 0) + c.failed, 0),
+        status = imagegen.batch_status(
+            b.total_count, greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+            greatest(coalesce(b.failed_count, 0) + c.failed, 0)),
         completed_at = case
-            when counted.completed + counted.failed < counted.total_count then null
+            when imagegen.batch_status(
+                     b.total_count, greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+                     greatest(coalesce(b.failed_count, 0) + c.failed, 0)) = 'processing'
+                then null
             else coalesce(b.completed_at, now()) end
-    from counted
-    where b.id = counted.id;
+    from changes c
+    where b.id = c.batch_id;
     return null;
 end
 $$;
@@ -2071,6 +2078,8 @@ REVOKE ALL ON FUNCTION imagegen.active_generations(p_user_id uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION imagegen.active_job(p_generation_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer, p_counted boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
 

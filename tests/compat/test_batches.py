@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.types.json
 import pytest
 from supabase_functions.errors import FunctionsHttpError
 
@@ -226,3 +228,38 @@ def test_a_batch_is_admitted_or_refused_whole(conn: Conn, served: Served) -> Non
         conn, [r["id"] for r in conn.execute("select id from image_generations").fetchall()]
     )
     assert {row["status"] for row in generations} == {"completed"}
+
+
+def test_two_items_finishing_together_are_both_counted(conn: Conn, database_url: str) -> None:
+    """Workers finish items of one batch in parallel: the second finish waits for the
+    first's count and adds to it (a count read before the wait would lose one)."""
+    user = make_user(conn)
+    started = conn.execute(
+        "select start_batch(%s, %s::jsonb) as batch",
+        (user, psycopg.types.json.Jsonb(batch_body(conn, ["a fox", "a heron"]))),
+    ).fetchone()
+    assert started is not None
+    batch = started["batch"]
+    first, second = (item["id"] for item in batch["generations"])
+    finish = "update image_generations set status = 'completed' where id = %s"
+    with psycopg.connect(database_url) as holding:
+        holding.execute(finish, (first,))  # its count is written, its transaction open
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(_finish_alone, database_url, finish, second)
+            while not conn.execute(
+                "select exists (select from pg_stat_activity where wait_event_type = 'Lock'"
+                " and query like 'update image_generations%%') as blocked"
+            ).fetchone()["blocked"]:
+                time.sleep(0.01)
+            holding.commit()
+            waiting.result(timeout=30)
+    row = conn.execute(
+        "select status, completed_count, failed_count from batch_generations where id = %s",
+        (batch["id"],),
+    ).fetchone()
+    assert row == {"status": "completed", "completed_count": 2, "failed_count": 0}
+
+
+def _finish_alone(database_url: str, statement: str, generation_id: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute(statement, (generation_id,))
