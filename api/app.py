@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -29,7 +31,7 @@ from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_
 from api.docs import install_docs
 from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
-from worker.generation import run_prediction, store_output
+from worker.generation import run_prediction
 from worker.models import GenerationParams
 from worker.service import Worker, open_worker
 from worker.settings import Settings
@@ -181,9 +183,18 @@ def _database_failure(exc: DatabaseError | GatewayUnavailable) -> ClientError:
         return ClientError(400, exc.message)
     if isinstance(exc, DatabaseError) and exc.sqlstate in REFUSALS:
         status, retry_after = REFUSALS[exc.sqlstate]
-        return ClientError(status, exc.message, {"Retry-After": retry_after})
+        return ClientError(status, exc.message, {"Retry-After": _retry_after(exc, retry_after)})
     log.error("database call failed", error=str(exc))
     return ClientError(503, "The service is temporarily unavailable, please retry")
+
+
+def _retry_after(exc: DatabaseError, default: str) -> str:
+    """Seconds until the limit that refused resets (its DETAIL), else the default."""
+    try:
+        reset_at = datetime.fromisoformat(exc.detail or "")
+    except ValueError:
+        return default
+    return str(max(1, math.ceil((reset_at - datetime.now(UTC)).total_seconds())))
 
 
 def _failure_message(exc: Exception) -> str:
@@ -267,57 +278,131 @@ async def process_generation(request: Request) -> Response:
 
 
 async def generate_image(request: Request) -> Response:
-    """The legacy synchronous path: waits for the whole generation and stores the file."""
+    """The legacy synchronous path: the generation goes through the queue like any other
+    (admission, limits, leases, one prediction per row) and the call runs it to its end.
+    With `generation_id` it is the caller's own row (the mobile app inserts it pending)."""
     service = _service(request)
     user = await service.user(request)
     body = await parse_body(request, LegacyBody)
-    worker, settings = service.worker, service.settings
-    params = await body.params(worker.db)
-    if body.generation_id is not None:
-        # Someone else's generation (or none): refused before paying for a prediction.
-        try:
-            owned = await worker.db.get_generation(body.generation_id, user.user_id)
-        except (DatabaseError, GatewayUnavailable) as exc:
-            raise _database_failure(exc) from exc
-        if owned is None:
-            raise ClientError(400, "generation_id: Unknown generation")
+    db = service.worker.db
     started = time.monotonic()
-    name = body.generation_id or uuid.uuid4()
     try:
-        result = await run_prediction(params, worker.replicate, settings)
-        stored = await store_output(
-            result.output_url,
-            f"{user.user_id}/{name}.{result.format}",
-            worker.replicate,
-            worker.storage,
-            settings,
+        generation_id, _status = await db.start_legacy_generation(
+            user.user_id, body.generation_id, **body.fields()
         )
-        image = None
-        if body.generation_id:
-            image = await worker.db.finish_generation(
-                body.generation_id,
-                storage_path=stored.storage_path,
-                public_url=stored.public_url,
-                file_size=stored.file_size,
-                width=stored.info.width,
-                height=stored.info.height,
-                format=stored.info.format,
-                user_id=user.user_id,
-            )
-    except Exception as exc:
-        message = _failure_message(exc)
-        log.warning("legacy generation failed", error=message)
-        return JSONResponse({"error": message}, status_code=400)
-    seconds = round(time.monotonic() - started, 3)
-    if image is not None:
-        return JSONResponse({"success": True, "image": _json(image), "generation_time": seconds})
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    generation = await _run_until_ended(service, generation_id, user.user_id)
+    if generation["status"] == "failed":
+        return JSONResponse(
+            {"error": generation.get("error_message") or "Image generation failed"},
+            status_code=400,
+        )
+    if not generation["images"]:  # an old platform's row, completed without one
+        raise ClientError(400, "generation_id: This generation has no image")
+    image = generation["images"][0]
+    # Whole seconds, as the old function answered.
+    seconds = generation.get("generation_time_seconds")
+    generation_time = round(float(seconds) if seconds is not None else time.monotonic() - started)
+    if body.generation_id is not None:
+        return JSONResponse(
+            {"success": True, "image": _json(image), "generation_time": generation_time}
+        )
     return JSONResponse(
         {
             "success": True,
-            "url": stored.public_url,
-            "format": stored.info.format,
-            "generation_time": seconds,
+            "url": image["public_url"],
+            "format": image["format"],
+            "generation_time": generation_time,
         }
+    )
+
+
+async def _run_until_ended(
+    service: Service, generation_id: uuid.UUID, user_id: uuid.UUID
+) -> dict[str, Any]:
+    """Runs the generation's jobs here as they come due (a worker may take them first,
+    then this only waits) until it has completed (with its image) or failed; 504 past the
+    deadline (the generation goes on: the app can read its row)."""
+    worker, settings = service.worker, service.settings
+    deadline = time.monotonic() + settings.prediction_timeout_seconds + 60
+    delay = 0.05
+    while True:
+        try:
+            job = await worker.db.claim_generation_job(
+                generation_id, worker.runner.worker_id, settings.lease_seconds
+            )
+            if job is not None:
+                await worker.runner.run_claimed(job)
+                delay = 0.05
+                continue
+            generation = await worker.db.get_generation(generation_id, user_id)
+        except (DatabaseError, GatewayUnavailable) as exc:
+            raise _database_failure(exc) from exc
+        if generation is None:
+            raise ClientError(400, "generation_id: Unknown generation")
+        if generation["status"] in ("completed", "failed"):
+            return generation
+        if time.monotonic() > deadline:
+            raise ClientError(504, f"Generation {generation_id} is still running")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+class BatchPrompt(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+
+    text: str
+    negative_prompt: str | None = None
+    seed: Int64 | None = None
+    tags: list[str] | None = None  # the app sends them; nothing stores them
+
+
+class BatchSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+
+    model_id: str = Field(examples=["black-forest-labs/flux-schnell"])
+    model_version: str | None = None
+    width: Int32 | None = None
+    height: Int32 | None = None
+    steps: Int32 | None = None
+    guidance_scale: float | None = None
+
+
+class BatchBody(BaseModel):
+    """batch-generate's body (M/store/batchStore.ts)."""
+
+    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+
+    prompts: list[BatchPrompt] = Field(max_length=1000)
+    shared_settings: BatchSettings
+    batch_name: str | None = None
+
+
+async def batch_generate(request: Request) -> Response:
+    service = _service(request)
+    user = await service.user(request)
+    body = await parse_body(request, BatchBody)
+    try:
+        batch = await service.worker.db.start_batch(
+            user.user_id,
+            body.model_dump(exclude_none=True, exclude={"prompts": {"__all__": {"tags"}}}),
+        )
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    return JSONResponse({"batch": _json(batch)})
+
+
+async def process_queue(request: Request) -> Response:
+    """Starts the caller's pending generations (what a retry left) within their limits."""
+    service = _service(request)
+    user = await service.user(request)
+    try:
+        started = await service.worker.db.process_queue(user.user_id)
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    return JSONResponse(
+        {"success": True, "started": started, "message": f"Started {started} generation(s)"}
     )
 
 
@@ -428,10 +513,12 @@ def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
         "start-generation": GenerationBody,
         "process-generation": GenerationBody,
         "generate-image": LegacyBody,
+        "batch-generate": BatchBody,
     }
     if name in bodies and method == "POST":
         schema = bodies[name].model_json_schema()
-        content = {"schema": schema, "example": REQUEST_EXAMPLE}
+        example = BATCH_EXAMPLE if name == "batch-generate" else REQUEST_EXAMPLE
+        content = {"schema": schema, "example": example}
         return {"requestBody": {"required": True, "content": {"application/json": content}}}
     if name == "get-generation":
         uuid_schema = {"type": "string", "format": "uuid"}
@@ -439,6 +526,13 @@ def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
             "parameters": [{"name": "id", "in": "query", "required": True, "schema": uuid_schema}]
         }
     return None
+
+
+BATCH_EXAMPLE = {
+    "prompts": [{"text": "a lighthouse at dusk"}, {"text": "a red fox in snow"}],
+    "shared_settings": {"model_id": "black-forest-labs/flux-schnell", "width": 1344, "height": 768},
+    "batch_name": "evening",
+}
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -490,6 +584,8 @@ def create_app(
         ("process-jobs", process_jobs, ["POST", "GET"]),
         ("process-generation", process_generation, ["POST"]),
         ("generate-image", generate_image, ["POST"]),
+        ("batch-generate", batch_generate, ["POST"]),
+        ("process-queue", process_queue, ["POST"]),
         ("get-generation", get_generation, ["GET"]),
         ("list-models", list_models, ["GET"]),
     ]

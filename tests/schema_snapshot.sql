@@ -36,37 +36,74 @@ CREATE FUNCTION imagegen.active_generations(p_user_id uuid) RETURNS integer
     AS $$
     select count(*)::integer
     from image_generations
-    where user_id = p_user_id and status in ('pending', 'queued', 'processing', 'downloading')
+    where user_id = p_user_id and status in ('queued', 'processing', 'downloading')
 $$;
 
-CREATE FUNCTION imagegen.admit_generation(p_user_id uuid) RETURNS void
+CREATE FUNCTION imagegen.active_job(p_generation_id uuid) RETURNS uuid
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select id from job_queue
+    where payload ? 'generation_id' and payload ->> 'generation_id' = p_generation_id::text
+      and status in ('pending', 'processing')
+    order by created_at desc
+    limit 1
+$$;
+
+CREATE FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer DEFAULT 1, p_counted boolean DEFAULT false) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
-    v_user_limit integer := imagegen.integer_setting('max_active_generations_per_user', 50);
     v_queue_limit integer := imagegen.integer_setting('max_queue_depth', 10000);
+    v_new integer := case when p_counted then 0 else p_count end;
+    v_limits jsonb;
 begin
     if v_queue_limit > 0 and imagegen.queue_full(v_queue_limit) then
         raise exception using errcode = 'PT503',
             message = 'The service is busy with too many waiting generations. '
                       'Please try again in a minute.';
     end if;
-    if v_user_limit <= 0 then
+    -- Refused at once when a limit already refuses, without queueing behind this user's
+    -- lock (a burst is answered in parallel); else take the lock and look again.
+    v_limits := imagegen.rate_limits(p_user_id, v_new);
+    if (v_limits ->> 'can_generate')::boolean then
+        perform pg_advisory_xact_lock(hashtextextended('imagegen.admission:' || p_user_id, 0));
+        v_limits := imagegen.rate_limits(p_user_id, v_new);
+    end if;
+    if not (v_limits ->> 'can_generate')::boolean then
+        raise exception using errcode = 'PT429', message = v_limits ->> 'limit_reason',
+            detail = coalesce(v_limits ->> 'retry_at', '');
+    end if;
+    if v_new = 0 then
         return;
     end if;
-    -- At the limit already: refused at once, without queueing behind this user's lock
-    -- (a burst is answered in parallel). Else take the lock and count again.
-    if imagegen.active_generations(p_user_id) < v_user_limit then
-        perform pg_advisory_xact_lock(hashtextextended('imagegen.admission:' || p_user_id, 0));
-        if imagegen.active_generations(p_user_id) < v_user_limit then
-            return;
-        end if;
-    end if;
-    raise exception using errcode = 'PT429',
-        message = format('You already have %s generations in progress, the most allowed at '
-                         'once. Please wait for one to finish.', v_user_limit);
+
+    insert into user_rate_limits as u (
+        user_id, daily_generations_count, daily_reset_at, hourly_generations_count,
+        hourly_reset_at, last_generation_at, total_generations_all_time, updated_at
+    )
+    values (p_user_id, v_new, (v_limits ->> 'daily_reset_at')::timestamptz, v_new,
+            (v_limits ->> 'hourly_reset_at')::timestamptz, now(), v_new, now())
+    on conflict (user_id) do update
+    set daily_generations_count = (v_limits ->> 'daily_used')::integer + v_new,
+        daily_reset_at = excluded.daily_reset_at,
+        hourly_generations_count = (v_limits ->> 'hourly_used')::integer + v_new,
+        hourly_reset_at = excluded.hourly_reset_at,
+        last_generation_at = now(),
+        total_generations_all_time = coalesce(u.total_generations_all_time, 0) + v_new,
+        updated_at = now();
 end
+$$;
+
+CREATE FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select case
+        when p_completed + p_failed < p_total then 'processing'
+        when p_failed = 0 then 'completed'
+        when p_completed = 0 then 'failed'
+        else 'partial' end
 $$;
 
 CREATE FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) RETURNS uuid
@@ -243,6 +280,42 @@ begin
 end
 $_$;
 
+CREATE FUNCTION imagegen.count_batch_items() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    -- The new counts are written in terms of the row being updated (b), never of a value
+    -- read before: when two finishes meet, the second re-reads the row the first wrote.
+    with changes as (
+        select n.batch_id,
+               sum((n.status = 'completed')::integer - (o.status = 'completed')::integer)::integer
+                   as completed,
+               sum((n.status = 'failed')::integer - (o.status = 'failed')::integer)::integer
+                   as failed
+        from new_rows n
+        join old_rows o on o.id = n.id
+        where n.batch_id is not null and n.status is distinct from o.status
+        group by n.batch_id
+    )
+    update batch_generations b
+    set completed_count = greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+        failed_count = greatest(coalesce(b.failed_count, 0) + c.failed, 0),
+        status = imagegen.batch_status(
+            b.total_count, greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+            greatest(coalesce(b.failed_count, 0) + c.failed, 0)),
+        completed_at = case
+            when imagegen.batch_status(
+                     b.total_count, greatest(coalesce(b.completed_count, 0) + c.completed, 0),
+                     greatest(coalesce(b.failed_count, 0) + c.failed, 0)) = 'processing'
+                then null
+            else coalesce(b.completed_at, now()) end
+    from changes c
+    where b.id = c.batch_id;
+    return null;
+end
+$$;
+
 CREATE FUNCTION imagegen.cron_version_at_least(p_major integer, p_minor integer) RETURNS boolean
     LANGUAGE sql STABLE
     AS $$
@@ -319,6 +392,17 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.keep_batch_counts() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    new.completed_count := old.completed_count;
+    new.failed_count := old.failed_count;
+    return new;
+end
+$$;
+
 CREATE FUNCTION imagegen.put_setting(p_key text, p_value text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'imagegen', 'pg_temp'
@@ -371,6 +455,109 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.queue_generation(p_generation_id uuid, p jsonb) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    g image_generations;
+begin
+    update image_generations
+    set status = 'queued', error_message = null, updated_at = now(),
+        model_id = coalesce((p ->> 'model_row_id')::uuid, model_id),
+        model = coalesce(model, p ->> 'model_name'),
+        width = (p ->> 'width')::integer, height = (p ->> 'height')::integer,
+        steps = (p ->> 'num_inference_steps')::integer,
+        guidance_scale = (p ->> 'guidance_scale')::numeric
+    where id = p_generation_id
+    returning * into g;
+    return enqueue_job(
+        p_job_type => 'generate-image',
+        p_payload => p - 'model_name' - 'model_row_id' - 'style'
+            || jsonb_build_object('generation_id', g.id, 'user_id', g.user_id),
+        p_priority => coalesce(g.priority, 0),
+        p_created_by => g.user_id,
+        p_dedupe_key => 'generate-image:' || g.id
+    );
+end
+$$;
+
+CREATE FUNCTION imagegen.ran_before(p_generation_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select exists (
+        select from job_queue
+        where payload ? 'generation_id' and payload ->> 'generation_id' = p_generation_id::text
+          and job_type = 'generate-image')
+$$;
+
+CREATE FUNCTION imagegen.rate_limits(p_user_id uuid, p_count integer DEFAULT 1) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    r user_rate_limits;
+    v_now timestamptz := now();
+    v_daily_limit integer;
+    v_hourly_limit integer;
+    v_max_concurrent integer;
+    v_daily_used integer := 0;
+    v_hourly_used integer := 0;
+    v_daily_reset timestamptz := date_trunc('day', v_now, 'UTC') + interval '1 day';
+    v_hourly_reset timestamptz := date_trunc('hour', v_now) + interval '1 hour';
+    v_active integer := imagegen.active_generations(p_user_id);
+    v_reason text;
+    v_retry_at timestamptz;
+begin
+    select * into r from user_rate_limits where user_id = p_user_id;
+    v_daily_limit := coalesce(r.daily_generations_limit,
+                              imagegen.integer_setting('daily_generation_limit', 1000));
+    v_hourly_limit := coalesce(r.hourly_generations_limit,
+                               imagegen.integer_setting('hourly_generation_limit', 200));
+    v_max_concurrent := coalesce(r.max_concurrent_generations,
+                                 imagegen.integer_setting('max_active_generations_per_user', 50));
+    if r.daily_reset_at > v_now then
+        v_daily_used := coalesce(r.daily_generations_count, 0);
+        v_daily_reset := r.daily_reset_at;
+    end if;
+    if r.hourly_reset_at > v_now then
+        v_hourly_used := coalesce(r.hourly_generations_count, 0);
+        v_hourly_reset := r.hourly_reset_at;
+    end if;
+
+    -- A batch is one request: it needs a free slot, and room for all its items per window.
+    if v_max_concurrent > 0 and v_active >= v_max_concurrent then
+        v_reason := format('You already have %s generations in progress, the most allowed at '
+                           'once. Please wait for one to finish.', v_max_concurrent);
+    elsif v_daily_limit > 0 and v_daily_used + p_count > v_daily_limit then
+        v_reason := format('Daily limit reached: %s of %s generations used today.',
+                           v_daily_used, v_daily_limit);
+        v_retry_at := v_daily_reset;
+    elsif v_hourly_limit > 0 and v_hourly_used + p_count > v_hourly_limit then
+        v_reason := format('Hourly limit reached: %s of %s generations used this hour.',
+                           v_hourly_used, v_hourly_limit);
+        v_retry_at := v_hourly_reset;
+    end if;
+
+    return jsonb_build_object(
+        'can_generate', v_reason is null,
+        'limit_reason', v_reason,
+        'daily_used', v_daily_used,
+        'daily_limit', v_daily_limit,
+        'daily_reset_at', v_daily_reset,
+        'hourly_used', v_hourly_used,
+        'hourly_limit', v_hourly_limit,
+        'hourly_reset_at', v_hourly_reset,
+        'active_generations', v_active,
+        'max_concurrent', v_max_concurrent,
+        'total_all_time', coalesce(r.total_generations_all_time, 0),
+        'max_batch_size', coalesce(r.max_batch_size, imagegen.integer_setting('max_batch_size', 10)),
+        'retry_at', v_retry_at
+    );
+end
+$$;
+
 CREATE FUNCTION imagegen.refuse_reopening_generation() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -379,6 +566,76 @@ begin
     perform imagegen.invalid('status', format(
         'generation %s is %s and cannot become %s', old.id, old.status, new.status));
     return null;
+end
+$$;
+
+CREATE TABLE public.image_generations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    prompt text NOT NULL,
+    negative_prompt text,
+    model text,
+    model_id uuid,
+    style text,
+    width integer,
+    height integer,
+    steps integer,
+    guidance_scale numeric,
+    seed bigint,
+    source_image_url text,
+    generation_strength numeric,
+    status text DEFAULT 'pending'::text NOT NULL,
+    error_message text,
+    generation_time_seconds numeric,
+    replicate_prediction_id text,
+    retry_count integer DEFAULT 0 NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    batch_id uuid,
+    batch_index integer,
+    multi_group_id uuid,
+    multi_index integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    completed_at timestamp with time zone,
+    prediction_requested_at timestamp with time zone,
+    CONSTRAINT image_generations_generation_strength_check CHECK (((generation_strength >= (0)::numeric) AND (generation_strength <= (1)::numeric))),
+    CONSTRAINT image_generations_generation_time_seconds_check CHECK ((generation_time_seconds >= (0)::numeric)),
+    CONSTRAINT image_generations_guidance_scale_check CHECK ((guidance_scale >= (0)::numeric)),
+    CONSTRAINT image_generations_height_check CHECK ((height > 0)),
+    CONSTRAINT image_generations_prompt_check CHECK (((length(prompt) >= 1) AND (length(prompt) <= 4000))),
+    CONSTRAINT image_generations_retry_count_check CHECK ((retry_count >= 0)),
+    CONSTRAINT image_generations_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text, 'completed'::text, 'failed'::text]))),
+    CONSTRAINT image_generations_steps_check CHECK ((steps > 0)),
+    CONSTRAINT image_generations_width_check CHECK ((width > 0))
+);
+
+CREATE FUNCTION imagegen.row_parameters(g public.image_generations) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    m models;
+begin
+    select * into m from models
+    where id = g.model_id or name = g.model or replicate_id = g.model
+    order by id = g.model_id desc nulls last, is_active desc nulls last, sort_order nulls last
+    limit 1;
+    return generation_parameters(
+        g.prompt, coalesce(m.replicate_id, g.model_id::text, g.model), null, g.width, g.height,
+        least(g.steps, coalesce(m.max_steps, 50)), least(g.guidance_scale, 50), g.seed,
+        g.negative_prompt, g.source_image_url,
+        case when g.source_image_url is not null then g.generation_strength end, g.style
+    );
+end
+$$;
+
+CREATE FUNCTION imagegen.stamp_ended_generation() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    new.completed_at := coalesce(new.completed_at, now());
+    return new;
 end
 $$;
 
@@ -457,46 +714,6 @@ plpy.execute(plan, [request_id, status, content_type, content, timed_out, error]
 return request_id
         $_$;
 
-CREATE TABLE public.image_generations (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    user_id uuid NOT NULL,
-    prompt text NOT NULL,
-    negative_prompt text,
-    model text,
-    model_id uuid,
-    style text,
-    width integer,
-    height integer,
-    steps integer,
-    guidance_scale numeric,
-    seed bigint,
-    source_image_url text,
-    generation_strength numeric,
-    status text DEFAULT 'pending'::text NOT NULL,
-    error_message text,
-    generation_time_seconds numeric,
-    replicate_prediction_id text,
-    retry_count integer DEFAULT 0 NOT NULL,
-    priority integer DEFAULT 0 NOT NULL,
-    batch_id uuid,
-    batch_index integer,
-    multi_group_id uuid,
-    multi_index integer,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    completed_at timestamp with time zone,
-    prediction_requested_at timestamp with time zone,
-    CONSTRAINT image_generations_generation_strength_check CHECK (((generation_strength >= (0)::numeric) AND (generation_strength <= (1)::numeric))),
-    CONSTRAINT image_generations_generation_time_seconds_check CHECK ((generation_time_seconds >= (0)::numeric)),
-    CONSTRAINT image_generations_guidance_scale_check CHECK ((guidance_scale >= (0)::numeric)),
-    CONSTRAINT image_generations_height_check CHECK ((height > 0)),
-    CONSTRAINT image_generations_prompt_check CHECK (((length(prompt) >= 1) AND (length(prompt) <= 4000))),
-    CONSTRAINT image_generations_retry_count_check CHECK ((retry_count >= 0)),
-    CONSTRAINT image_generations_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text, 'completed'::text, 'failed'::text]))),
-    CONSTRAINT image_generations_steps_check CHECK ((steps > 0)),
-    CONSTRAINT image_generations_width_check CHECK ((width > 0))
-);
-
 CREATE FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) RETURNS SETOF public.image_generations
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -543,6 +760,24 @@ CREATE FUNCTION public.cancel_job(p_job_id uuid, p_reason text DEFAULT 'Cancelle
     select exists (select from cancelled)
 $$;
 
+CREATE FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer DEFAULT 1) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select jsonb_build_object(
+        'allowed', (l ->> 'can_generate')::boolean,
+        'reason', l ->> 'limit_reason',
+        'retry_at', l -> 'retry_at',
+        'daily_remaining', greatest((l ->> 'daily_limit')::integer
+                                    - (l ->> 'daily_used')::integer, 0),
+        'hourly_remaining', greatest((l ->> 'hourly_limit')::integer
+                                     - (l ->> 'hourly_used')::integer, 0),
+        'active_generations', l -> 'active_generations',
+        'max_concurrent', l -> 'max_concurrent')
+    from imagegen.rate_limits(p_user_id, greatest(coalesce(p_count, 1), 1)) l
+    where p_user_id = auth.uid() or auth.role() = 'service_role'
+$$;
+
 CREATE TABLE public.job_queue (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     job_type text NOT NULL,
@@ -568,6 +803,33 @@ CREATE TABLE public.job_queue (
     CONSTRAINT job_queue_max_attempts_check CHECK ((max_attempts > 0)),
     CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 );
+
+CREATE FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer DEFAULT 300) RETURNS SETOF public.job_queue
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with due as (
+        select id
+        from job_queue
+        where payload ? 'generation_id'
+          and payload ->> 'generation_id' = p_generation_id::text
+          and status = 'pending'
+          and scheduled_at <= now()
+        order by priority desc, created_at
+        limit 1
+        for update skip locked
+    )
+    update job_queue j
+    set status = 'processing',
+        attempts = j.attempts + 1,
+        locked_by = p_worker_id,
+        locked_until = now() + make_interval(secs => coalesce(p_lease_seconds, 300)),
+        started_at = now(),
+        updated_at = now()
+    from due
+    where j.id = due.id
+    returning j.*
+$$;
 
 CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p_job_types text[] DEFAULT NULL::text[], p_lease_seconds integer DEFAULT 300) RETURNS SETOF public.job_queue
     LANGUAGE sql SECURITY DEFINER
@@ -695,25 +957,32 @@ CREATE FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_resul
     returning j.id
 $$;
 
-CREATE FUNCTION public.configure_admission(p_max_active_per_user integer DEFAULT NULL::integer, p_max_queue_depth integer DEFAULT NULL::integer) RETURNS jsonb
+CREATE FUNCTION public.configure_admission(p_max_active_per_user integer DEFAULT NULL::integer, p_max_queue_depth integer DEFAULT NULL::integer, p_daily_limit integer DEFAULT NULL::integer, p_hourly_limit integer DEFAULT NULL::integer, p_max_batch_size integer DEFAULT NULL::integer) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
-    if p_max_active_per_user < 0 or p_max_queue_depth < 0 then
+    if least(p_max_active_per_user, p_max_queue_depth, p_daily_limit, p_hourly_limit,
+             p_max_batch_size) < 0 then
         raise exception using errcode = 'invalid_parameter_value',
                               message = 'limits must be 0 (off) or more';
     end if;
     insert into imagegen.settings (key, value)
     select key, value::text
     from (values ('max_active_generations_per_user', p_max_active_per_user),
-                 ('max_queue_depth', p_max_queue_depth)) given (key, value)
+                 ('max_queue_depth', p_max_queue_depth),
+                 ('daily_generation_limit', p_daily_limit),
+                 ('hourly_generation_limit', p_hourly_limit),
+                 ('max_batch_size', p_max_batch_size)) given (key, value)
     where value is not null
     on conflict (key) do update set value = excluded.value, updated_at = now();
     return jsonb_build_object(
         'max_active_generations_per_user',
         imagegen.integer_setting('max_active_generations_per_user', 50),
-        'max_queue_depth', imagegen.integer_setting('max_queue_depth', 10000));
+        'max_queue_depth', imagegen.integer_setting('max_queue_depth', 10000),
+        'daily_generation_limit', imagegen.integer_setting('daily_generation_limit', 1000),
+        'hourly_generation_limit', imagegen.integer_setting('hourly_generation_limit', 200),
+        'max_batch_size', imagegen.integer_setting('max_batch_size', 10));
 end
 $$;
 
@@ -937,6 +1206,7 @@ declare
     v_steps integer;
     v_guidance numeric;
     v_strength numeric;
+    v_scale numeric;
 begin
     -- Any whitespace, not only spaces (btrim's default), makes an empty prompt.
     if p_prompt is null or p_prompt !~ '\S' then
@@ -989,13 +1259,23 @@ begin
     v_steps := coalesce(p_num_inference_steps, m.default_steps, 30);
     v_guidance := coalesce(p_guidance_scale, m.default_guidance_scale, 7.5);
 
-    if v_width not between m.min_width and m.max_width then
-        perform imagegen.invalid('width', format('width must be between %s and %s for %s',
-                                         m.min_width, m.max_width, m.name));
+    -- Any size the apps offer fits any model: beyond these bounds it is no image size.
+    if v_width not between 128 and 8192 then
+        perform imagegen.invalid('width', 'width must be between 128 and 8192');
     end if;
-    if v_height not between m.min_height and m.max_height then
-        perform imagegen.invalid('height', format('height must be between %s and %s for %s',
-                                          m.min_height, m.max_height, m.name));
+    if v_height not between 128 and 8192 then
+        perform imagegen.invalid('height', 'height must be between 128 and 8192');
+    end if;
+    -- Within them, a size the model does not take is scaled, keeping its shape, until it
+    -- does (then clamped where no scale fits both sides), on a multiple of 8.
+    if v_width not between m.min_width and m.max_width
+       or v_height not between m.min_height and m.max_height then
+        v_scale := least(1.0, m.max_width::numeric / v_width, m.max_height::numeric / v_height);
+        v_scale := greatest(v_scale, m.min_width::numeric / v_width,
+                            m.min_height::numeric / v_height);
+        v_width := least(greatest(round(v_width * v_scale / 8) * 8, m.min_width), m.max_width);
+        v_height := least(greatest(round(v_height * v_scale / 8) * 8, m.min_height),
+                          m.max_height);
     end if;
     if v_steps not between 1 and m.max_steps then
         perform imagegen.invalid('num_inference_steps',
@@ -1054,6 +1334,14 @@ CREATE FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) RETU
                             where i.generation_id = g.id), '[]'::jsonb))
     from image_generations g
     where g.id = p_generation_id and g.user_id = p_user_id
+$$;
+
+CREATE FUNCTION public.get_user_limits(p_user_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select imagegen.rate_limits(p_user_id) - 'max_batch_size' - 'retry_at'
+    where p_user_id = auth.uid() or auth.role() = 'service_role'
 $$;
 
 CREATE FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer DEFAULT 300) RETURNS SETOF uuid
@@ -1158,6 +1446,43 @@ CREATE FUNCTION public.nudge_workers() RETURNS void
     select pg_notify('job_queue', 'nudge')
 $$;
 
+CREATE FUNCTION public.process_queue(p_user_id uuid) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    g image_generations;
+    p jsonb;
+    v_started integer := 0;
+begin
+    for g in
+        select * from image_generations i
+        where i.user_id = p_user_id and i.status = 'pending'
+        order by i.priority desc, i.created_at
+        for update skip locked
+    loop
+        continue when imagegen.active_job(g.id) is not null;
+        begin
+            p := imagegen.row_parameters(g);
+        exception when invalid_parameter_value then
+            update image_generations
+            set status = 'failed', error_message = sqlerrm, updated_at = now()
+            where id = g.id;
+            continue;
+        end;
+        begin
+            perform imagegen.admit_generation(p_user_id,
+                                              p_counted => not imagegen.ran_before(g.id));
+        exception when sqlstate 'PT429' or sqlstate 'PT503' then
+            exit;
+        end;
+        perform imagegen.queue_generation(g.id, p);
+        v_started := v_started + 1;
+    end loop;
+    return v_started;
+end
+$$;
+
 CREATE FUNCTION public.prune_finished_jobs(p_older_than interval DEFAULT NULL::interval) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1239,6 +1564,111 @@ CREATE FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) RETUR
     returning prediction_requested_at
 $$;
 
+CREATE FUNCTION public.start_batch(p_user_id uuid, p_request jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_prompts jsonb := p_request -> 'prompts';
+    v_settings jsonb := coalesce(nullif(p_request -> 'shared_settings', 'null'), '{}'::jsonb);
+    v_name text := nullif(p_request ->> 'batch_name', '');
+    v_count integer;
+    v_max integer;
+    v_params jsonb[] := '{}';
+    v_prompt jsonb;
+    v_max_steps integer;
+    p jsonb;
+    v_batch_id uuid;
+    v_generation_id uuid;
+    v_generations jsonb := '[]'::jsonb;
+    v_index integer := 0;
+begin
+    if p_user_id is null or not exists (select from auth.users where id = p_user_id) then
+        perform imagegen.invalid('user_id', 'Unknown user');
+    end if;
+    if jsonb_typeof(p_request) is distinct from 'object' then
+        perform imagegen.invalid('body', 'the request must be a JSON object');
+    end if;
+    if jsonb_typeof(v_prompts) is distinct from 'array' or jsonb_array_length(v_prompts) = 0 then
+        perform imagegen.invalid('prompts', 'prompts must be a non-empty list');
+    end if;
+    if jsonb_typeof(v_settings) <> 'object' then
+        perform imagegen.invalid('shared_settings', 'shared_settings must be an object');
+    end if;
+    v_count := jsonb_array_length(v_prompts);
+    v_max := (imagegen.rate_limits(p_user_id, v_count) ->> 'max_batch_size')::integer;
+    if v_max > 0 and v_count > v_max then
+        perform imagegen.invalid('prompts', format('a batch holds at most %s prompts', v_max));
+    end if;
+    if v_name is not null and length(v_name) > 200 then
+        perform imagegen.invalid('batch_name', 'batch_name must be at most 200 characters');
+    end if;
+
+    select max_steps into v_max_steps from models
+    where id::text = lower(v_settings ->> 'model_id') or replicate_id = v_settings ->> 'model_id'
+    limit 1;
+    for v_prompt in select value from jsonb_array_elements(v_prompts) loop
+        if jsonb_typeof(v_prompt) <> 'object' then
+            perform imagegen.invalid('prompts', 'each prompt must be an object with text');
+        end if;
+        begin
+            v_params := v_params || generation_parameters(
+                p_prompt => v_prompt ->> 'text',
+                p_model_id => v_settings ->> 'model_id',
+                p_model_version => nullif(v_settings ->> 'model_version', ''),
+                p_width => (v_settings ->> 'width')::integer,
+                p_height => (v_settings ->> 'height')::integer,
+                p_num_inference_steps => least((v_settings ->> 'steps')::integer,
+                                               coalesce(v_max_steps, 50)),
+                p_guidance_scale => least((v_settings ->> 'guidance_scale')::numeric, 50),
+                p_seed => (v_prompt ->> 'seed')::bigint,
+                p_negative_prompt => nullif(v_prompt ->> 'negative_prompt', '')
+            );
+        exception when invalid_text_representation or numeric_value_out_of_range then
+            perform imagegen.invalid('shared_settings', 'shared_settings: ' || sqlerrm);
+        end;
+    end loop;
+
+    perform imagegen.admit_generation(p_user_id, v_count);
+
+    p := v_params[1];
+    insert into batch_generations (user_id, name, total_count, completed_count, failed_count,
+                                   status, model_id, model_version, width, height, steps,
+                                   guidance_scale)
+    values (p_user_id, coalesce(v_name, 'Batch ' || to_char(now(), 'YYYY-MM-DD HH24:MI')),
+            v_count, 0, 0, 'processing', p ->> 'model_row_id', p ->> 'model_version',
+            (p ->> 'width')::integer, (p ->> 'height')::integer,
+            (p ->> 'num_inference_steps')::integer, (p ->> 'guidance_scale')::numeric)
+    returning id into v_batch_id;
+
+    foreach p in array v_params loop
+        insert into image_generations (
+            user_id, prompt, negative_prompt, model, model_id, width, height, steps,
+            guidance_scale, seed, status, batch_id, batch_index
+        )
+        values (
+            p_user_id, p ->> 'prompt', p ->> 'negative_prompt', p ->> 'model_name',
+            (p ->> 'model_row_id')::uuid, (p ->> 'width')::integer, (p ->> 'height')::integer,
+            (p ->> 'num_inference_steps')::integer, (p ->> 'guidance_scale')::numeric,
+            (p ->> 'seed')::bigint, 'pending', v_batch_id, v_index
+        )
+        returning id into v_generation_id;
+        perform imagegen.queue_generation(v_generation_id, p);
+        v_generations := v_generations || jsonb_build_object(
+            'id', v_generation_id, 'index', v_index, 'prompt', p ->> 'prompt',
+            'status', 'queued');
+        v_index := v_index + 1;
+    end loop;
+
+    return jsonb_build_object(
+        'id', v_batch_id,
+        'name', (select name from batch_generations where id = v_batch_id),
+        'total_count', v_count,
+        'generations', v_generations
+    );
+end
+$$;
+
 CREATE FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_model_id text, p_model_version text DEFAULT NULL::text, p_width integer DEFAULT NULL::integer, p_height integer DEFAULT NULL::integer, p_num_inference_steps integer DEFAULT NULL::integer, p_guidance_scale numeric DEFAULT NULL::numeric, p_seed bigint DEFAULT NULL::bigint, p_negative_prompt text DEFAULT NULL::text, p_source_image_url text DEFAULT NULL::text, p_strength numeric DEFAULT NULL::numeric, p_style text DEFAULT NULL::text, p_priority integer DEFAULT 0) RETURNS TABLE(generation_id uuid, job_id uuid)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1281,6 +1711,48 @@ begin
     );
 
     return query select v_generation_id, v_job_id;
+end
+$$;
+
+CREATE FUNCTION public.start_legacy_generation(p_user_id uuid, p_prompt text, p_model_id text, p_generation_id uuid DEFAULT NULL::uuid, p_model_version text DEFAULT NULL::text, p_width integer DEFAULT NULL::integer, p_height integer DEFAULT NULL::integer, p_num_inference_steps integer DEFAULT NULL::integer, p_guidance_scale numeric DEFAULT NULL::numeric, p_seed bigint DEFAULT NULL::bigint, p_negative_prompt text DEFAULT NULL::text, p_source_image_url text DEFAULT NULL::text, p_strength numeric DEFAULT NULL::numeric, p_style text DEFAULT NULL::text) RETURNS TABLE(generation_id uuid, job_id uuid, status text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    g image_generations;
+    p jsonb;
+    v_job_id uuid;
+begin
+    if p_generation_id is null then
+        return query
+        select s.generation_id, s.job_id, 'queued'::text
+        from start_generation(p_user_id, p_prompt, p_model_id, p_model_version, p_width,
+                              p_height, p_num_inference_steps, p_guidance_scale, p_seed,
+                              p_negative_prompt, p_source_image_url, p_strength, p_style) s;
+        return;
+    end if;
+
+    -- Locked: a second call for this row waits here, then finds it queued.
+    select * into g from image_generations i
+    where i.id = p_generation_id and i.user_id = p_user_id
+    for update;
+    if not found then
+        perform imagegen.invalid('generation_id', 'Unknown generation');
+    end if;
+    v_job_id := imagegen.active_job(g.id);
+    -- Not ended and nothing working on it (the app's new row; an orphan): start it.
+    if g.status in ('pending', 'queued', 'processing', 'downloading') and v_job_id is null then
+        p := generation_parameters(
+            p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
+            p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
+        );
+        perform imagegen.admit_generation(p_user_id,
+                                          p_counted => not imagegen.ran_before(g.id));
+        v_job_id := imagegen.queue_generation(g.id, p);
+        return query select g.id, v_job_id, 'queued'::text;
+        return;
+    end if;
+    return query select g.id, v_job_id, g.status;
 end
 $$;
 
@@ -1327,6 +1799,41 @@ CREATE SEQUENCE net.http_request_queue_id_seq
     NO MINVALUE
     NO MAXVALUE
     CACHE 1;
+
+CREATE TABLE public.batch_generations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid,
+    name text,
+    total_count integer NOT NULL,
+    completed_count integer DEFAULT 0,
+    failed_count integer DEFAULT 0,
+    status text DEFAULT 'pending'::text,
+    model_id text,
+    model_version text,
+    width integer,
+    height integer,
+    steps integer,
+    guidance_scale numeric,
+    is_multi_generation boolean DEFAULT false,
+    multi_count integer,
+    created_at timestamp with time zone DEFAULT now(),
+    completed_at timestamp with time zone
+);
+
+CREATE VIEW public.batch_progress AS
+SELECT
+    NULL::uuid AS id,
+    NULL::uuid AS user_id,
+    NULL::text AS name,
+    NULL::integer AS total_count,
+    NULL::integer AS completed_count,
+    NULL::integer AS failed_count,
+    NULL::bigint AS processing_count,
+    NULL::bigint AS pending_count,
+    NULL::text AS status,
+    NULL::timestamp with time zone AS created_at,
+    NULL::timestamp with time zone AS completed_at,
+    NULL::jsonb AS items;
 
 CREATE VIEW public.failed_jobs_recent WITH (security_invoker='true') AS
  SELECT job_queue.id,
@@ -1386,6 +1893,21 @@ CREATE VIEW public.stuck_jobs WITH (security_invoker='true') AS
   WHERE ((job_queue.status = 'processing'::text) AND (job_queue.started_at < (now() - '00:10:00'::interval)))
   ORDER BY job_queue.started_at;
 
+CREATE TABLE public.user_rate_limits (
+    user_id uuid NOT NULL,
+    daily_generations_count integer DEFAULT 0,
+    daily_generations_limit integer,
+    daily_reset_at timestamp with time zone,
+    hourly_generations_count integer DEFAULT 0,
+    hourly_generations_limit integer,
+    hourly_reset_at timestamp with time zone,
+    last_generation_at timestamp with time zone,
+    max_batch_size integer,
+    max_concurrent_generations integer,
+    total_generations_all_time integer DEFAULT 0,
+    updated_at timestamp with time zone DEFAULT now()
+);
+
 ALTER TABLE ONLY auth.users
     ADD CONSTRAINT users_email_key UNIQUE (email);
 
@@ -1403,6 +1925,9 @@ ALTER TABLE ONLY imagegen.settings
 
 ALTER TABLE ONLY net._http_response
     ADD CONSTRAINT _http_response_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.batch_generations
+    ADD CONSTRAINT batch_generations_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.image_generations
     ADD CONSTRAINT image_generations_pkey PRIMARY KEY (id);
@@ -1422,7 +1947,14 @@ ALTER TABLE ONLY public.models
 ALTER TABLE ONLY public.models
     ADD CONSTRAINT models_replicate_id_key UNIQUE (replicate_id);
 
+ALTER TABLE ONLY public.user_rate_limits
+    ADD CONSTRAINT user_rate_limits_pkey PRIMARY KEY (user_id);
+
+CREATE INDEX batch_generations_user_created_idx ON public.batch_generations USING btree (user_id, created_at DESC);
+
 CREATE INDEX image_generations_active_idx ON public.image_generations USING btree (status, updated_at) WHERE (status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text]));
+
+CREATE INDEX image_generations_batch_idx ON public.image_generations USING btree (batch_id, batch_index) WHERE (batch_id IS NOT NULL);
 
 CREATE UNIQUE INDEX image_generations_replicate_prediction_id_key ON public.image_generations USING btree (replicate_prediction_id) WHERE (replicate_prediction_id IS NOT NULL);
 
@@ -1448,6 +1980,31 @@ CREATE INDEX job_queue_pending_idx ON public.job_queue USING btree (priority DES
 
 CREATE UNIQUE INDEX models_one_default_idx ON public.models USING btree (is_default) WHERE is_default;
 
+CREATE OR REPLACE VIEW public.batch_progress WITH (security_invoker='true') AS
+ SELECT b.id,
+    b.user_id,
+    b.name,
+    b.total_count,
+    b.completed_count,
+    b.failed_count,
+    count(g.id) FILTER (WHERE (g.status = ANY (ARRAY['queued'::text, 'processing'::text, 'downloading'::text]))) AS processing_count,
+    count(g.id) FILTER (WHERE (g.status = 'pending'::text)) AS pending_count,
+    b.status,
+    b.created_at,
+    b.completed_at,
+    COALESCE(jsonb_agg(jsonb_build_object('id', g.id, 'index', g.batch_index, 'prompt', g.prompt, 'status', g.status, 'error_message', g.error_message, 'retry_count', g.retry_count, 'image_url', ( SELECT i.public_url
+           FROM public.images i
+          WHERE (i.generation_id = g.id)
+          ORDER BY i.created_at
+         LIMIT 1)) ORDER BY g.batch_index) FILTER (WHERE (g.id IS NOT NULL)), '[]'::jsonb) AS items
+   FROM (public.batch_generations b
+     LEFT JOIN public.image_generations g ON ((g.batch_id = b.id)))
+  GROUP BY b.id;
+
+CREATE TRIGGER batch_counts_kept BEFORE UPDATE ON public.batch_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.keep_batch_counts();
+
+CREATE TRIGGER batch_items_counted AFTER UPDATE ON public.image_generations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION imagegen.count_batch_items();
+
 CREATE TRIGGER client_changes_generation BEFORE UPDATE ON public.image_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_generation_change();
 
 CREATE TRIGGER client_changes_image BEFORE UPDATE ON public.images FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_image_change();
@@ -1458,7 +2015,15 @@ CREATE TRIGGER ended_generation_stays_ended BEFORE UPDATE OF status ON public.im
 
 CREATE TRIGGER failed_generation_stops_its_work AFTER UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'failed'::text) AND (old.status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text])))) EXECUTE FUNCTION imagegen.stop_failed_generation();
 
+CREATE TRIGGER generation_failed_stamps_completed_at BEFORE UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'failed'::text) AND (old.status IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION imagegen.stamp_ended_generation();
+
 CREATE TRIGGER job_ended_fails_generation AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = ANY (ARRAY['failed'::text, 'cancelled'::text])) AND (old.status <> ALL (ARRAY['failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION imagegen.fail_generation_of_ended_job();
+
+ALTER TABLE ONLY public.batch_generations
+    ADD CONSTRAINT batch_generations_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.image_generations
+    ADD CONSTRAINT image_generations_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES public.batch_generations(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.image_generations
     ADD CONSTRAINT image_generations_model_id_fkey FOREIGN KEY (model_id) REFERENCES public.models(id) ON DELETE SET NULL;
@@ -1475,6 +2040,9 @@ ALTER TABLE ONLY public.images
 ALTER TABLE ONLY public.images
     ADD CONSTRAINT images_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.user_rate_limits
+    ADD CONSTRAINT user_rate_limits_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
 CREATE POLICY "Anyone reads active models" ON public.models FOR SELECT TO anon, authenticated USING (is_active);
 
 CREATE POLICY "Only own generations are added" ON public.image_generations AS RESTRICTIVE FOR INSERT TO authenticated WITH CHECK ((user_id = auth.uid()));
@@ -1489,15 +2057,25 @@ CREATE POLICY "Users add their own pending generations" ON public.image_generati
 
 CREATE POLICY "Users cancel and retry their own generations" ON public.image_generations FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
 
+CREATE POLICY "Users delete their own batches" ON public.batch_generations FOR DELETE TO authenticated USING ((user_id = auth.uid()));
+
 CREATE POLICY "Users delete their own images" ON public.images FOR DELETE TO authenticated USING ((user_id = auth.uid()));
 
 CREATE POLICY "Users mark their own images" ON public.images FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK ((user_id = auth.uid()));
+
+CREATE POLICY "Users read their own batches" ON public.batch_generations FOR SELECT TO authenticated USING ((user_id = auth.uid()));
 
 CREATE POLICY "Users read their own generations" ON public.image_generations FOR SELECT TO authenticated USING ((user_id = auth.uid()));
 
 CREATE POLICY "Users read their own images" ON public.images FOR SELECT TO authenticated USING ((user_id = auth.uid()));
 
 CREATE POLICY "Users read their own jobs" ON public.job_queue FOR SELECT TO authenticated USING ((created_by = auth.uid()));
+
+CREATE POLICY "Users read their own limits" ON public.user_rate_limits FOR SELECT TO authenticated USING ((user_id = auth.uid()));
+
+CREATE POLICY "Users update their own batches" ON public.batch_generations FOR UPDATE TO authenticated USING ((user_id = auth.uid())) WITH CHECK (((user_id = auth.uid()) AND (status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'partial'::text, 'failed'::text]))));
+
+ALTER TABLE public.batch_generations ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.image_generations ENABLE ROW LEVEL SECURITY;
 
@@ -1507,6 +2085,16 @@ ALTER TABLE public.job_queue ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.models ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.user_rate_limits ENABLE ROW LEVEL SECURITY;
+
+CREATE PUBLICATION supabase_realtime WITH (publish = 'insert, update, delete, truncate');
+
+ALTER PUBLICATION supabase_realtime ADD TABLE ONLY public.batch_generations;
+
+ALTER PUBLICATION supabase_realtime ADD TABLE ONLY public.image_generations;
+
+ALTER PUBLICATION supabase_realtime ADD TABLE ONLY public.job_queue;
+
 GRANT USAGE ON SCHEMA auth TO anon;
 GRANT USAGE ON SCHEMA auth TO authenticated;
 GRANT USAGE ON SCHEMA auth TO service_role;
@@ -1515,7 +2103,11 @@ GRANT USAGE ON SCHEMA imagegen TO service_role;
 
 REVOKE ALL ON FUNCTION imagegen.active_generations(p_user_id uuid) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION imagegen.active_job(p_generation_id uuid) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer, p_counted boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
 
@@ -1526,6 +2118,8 @@ REVOKE ALL ON FUNCTION imagegen.check_client_generation_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION imagegen.check_client_image_change() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.check_source_image_url(p_url text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.count_batch_items() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.cron_version_at_least(p_major integer, p_minor integer) FROM PUBLIC;
 
@@ -1539,16 +2133,19 @@ REVOKE ALL ON FUNCTION imagegen.integer_setting(p_key text, p_default integer) F
 
 REVOKE ALL ON FUNCTION imagegen.invalid(p_field text, p_message text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.keep_batch_counts() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.put_setting(p_key text, p_value text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.queue_full(p_limit integer) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.queue_generation(p_generation_id uuid, p jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.ran_before(p_generation_id uuid) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.rate_limits(p_user_id uuid, p_count integer) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.refuse_reopening_generation() FROM PUBLIC;
-
-REVOKE ALL ON FUNCTION imagegen.stop_failed_generation() FROM PUBLIC;
-
-REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) TO service_role;
 
 GRANT SELECT ON TABLE public.image_generations TO authenticated;
 GRANT ALL ON TABLE public.image_generations TO service_role;
@@ -1583,6 +2180,15 @@ GRANT UPDATE(retry_count) ON TABLE public.image_generations TO authenticated;
 
 GRANT UPDATE(completed_at) ON TABLE public.image_generations TO authenticated;
 
+REVOKE ALL ON FUNCTION imagegen.row_parameters(g public.image_generations) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.stamp_ended_generation() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.stop_failed_generation() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) TO service_role;
+
 REVOKE ALL ON FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) TO service_role;
 
@@ -1593,8 +2199,15 @@ GRANT ALL ON FUNCTION public.cancel_generation(p_generation_id uuid) TO authenti
 REVOKE ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_reason text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) TO authenticated;
+GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) TO service_role;
+
 GRANT SELECT ON TABLE public.job_queue TO authenticated;
 GRANT ALL ON TABLE public.job_queue TO service_role;
+
+REVOKE ALL ON FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.claim_jobs(p_worker_id text, p_limit integer, p_job_types text[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.claim_jobs(p_worker_id text, p_limit integer, p_job_types text[], p_lease_seconds integer) TO service_role;
@@ -1608,8 +2221,8 @@ GRANT ALL ON FUNCTION public.complete_job(p_job_id uuid, p_error_message text, p
 REVOKE ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p_results jsonb[]) TO service_role;
 
-REVOKE ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer) TO service_role;
+REVOKE ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer, p_daily_limit integer, p_hourly_limit integer, p_max_batch_size integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer, p_daily_limit integer, p_hourly_limit integer, p_max_batch_size integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) TO service_role;
@@ -1645,6 +2258,10 @@ GRANT ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id tex
 REVOKE ALL ON FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) TO service_role;
 
+REVOKE ALL ON FUNCTION public.get_user_limits(p_user_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.get_user_limits(p_user_id uuid) TO authenticated;
+GRANT ALL ON FUNCTION public.get_user_limits(p_user_id uuid) TO service_role;
+
 REVOKE ALL ON FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.heartbeat_jobs(p_worker_id text, p_job_ids uuid[], p_lease_seconds integer) TO service_role;
 
@@ -1661,6 +2278,9 @@ GRANT ALL ON FUNCTION public.list_models() TO service_role;
 REVOKE ALL ON FUNCTION public.nudge_workers() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.nudge_workers() TO service_role;
 
+REVOKE ALL ON FUNCTION public.process_queue(p_user_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.process_queue(p_user_id uuid) TO service_role;
+
 REVOKE ALL ON FUNCTION public.prune_finished_jobs(p_older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.prune_finished_jobs(p_older_than interval) TO service_role;
 
@@ -1676,10 +2296,28 @@ GRANT ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) TO
 REVOKE ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.start_batch(p_user_id uuid, p_request jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.start_batch(p_user_id uuid, p_request jsonb) TO service_role;
+
 REVOKE ALL ON FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text, p_priority integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text, p_priority integer) TO service_role;
 
+REVOKE ALL ON FUNCTION public.start_legacy_generation(p_user_id uuid, p_prompt text, p_model_id text, p_generation_id uuid, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.start_legacy_generation(p_user_id uuid, p_prompt text, p_model_id text, p_generation_id uuid, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) TO service_role;
+
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE imagegen.settings TO service_role;
+
+GRANT SELECT,DELETE ON TABLE public.batch_generations TO authenticated;
+GRANT ALL ON TABLE public.batch_generations TO service_role;
+
+GRANT UPDATE(failed_count) ON TABLE public.batch_generations TO authenticated;
+
+GRANT UPDATE(status) ON TABLE public.batch_generations TO authenticated;
+
+GRANT UPDATE(completed_at) ON TABLE public.batch_generations TO authenticated;
+
+GRANT SELECT ON TABLE public.batch_progress TO authenticated;
+GRANT SELECT ON TABLE public.batch_progress TO service_role;
 
 GRANT SELECT ON TABLE public.failed_jobs_recent TO authenticated;
 GRANT SELECT ON TABLE public.failed_jobs_recent TO service_role;
@@ -1692,3 +2330,6 @@ GRANT SELECT ON TABLE public.queue_throughput TO service_role;
 
 GRANT SELECT ON TABLE public.stuck_jobs TO authenticated;
 GRANT SELECT ON TABLE public.stuck_jobs TO service_role;
+
+GRANT SELECT ON TABLE public.user_rate_limits TO authenticated;
+GRANT ALL ON TABLE public.user_rate_limits TO service_role;

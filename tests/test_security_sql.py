@@ -18,7 +18,8 @@ Conn = psycopg.Connection[dict[str, Any]]
 SCHNELL = "black-forest-labs/flux-schnell"
 
 # What a signed-in user may call; everything else in public is service_role's.
-USER_CALLABLE = {"cancel_generation"}
+# The apps call these three themselves (CLIENTS.md §2 flows 2-4).
+USER_CALLABLE = {"cancel_generation", "get_user_limits", "check_rate_limit"}
 
 
 @contextmanager

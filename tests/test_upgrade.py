@@ -28,7 +28,11 @@ from worker.migrate import MIGRATIONS_DIR, MigrationError, migrate
 Conn = psycopg.Connection[dict[str, Any]]
 
 # What a signed-in user (or anyone) may call: README, "API". Everything else is private.
-USER_FUNCTIONS = {"public.cancel_generation(uuid)"}
+USER_FUNCTIONS = {
+    "public.cancel_generation(uuid)",
+    "public.get_user_limits(uuid)",
+    "public.check_rate_limit(uuid,integer)",
+}
 
 
 @pytest.fixture

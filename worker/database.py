@@ -184,6 +184,18 @@ class Database:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def claim_generation_job(
+        self, generation_id: uuid.UUID, worker_id: str, lease_seconds: int
+    ) -> Job | None:
+        """The generation's due pending job, now this worker's (the legacy call runs it)."""
+        rows = await self._rows(
+            "claim_generation_job",
+            p_generation_id=generation_id,
+            p_worker_id=worker_id,
+            p_lease_seconds=lease_seconds,
+        )
+        return Job.from_row(rows[0]) if rows else None
+
     async def heartbeat_jobs(
         self, worker_id: str, job_ids: Sequence[uuid.UUID], lease_seconds: int
     ) -> set[uuid.UUID]:
@@ -232,6 +244,28 @@ class Database:
         args = {f"p_{name}": value for name, value in params.items() if value is not None}
         rows = await self._rows("start_generation", p_user_id=user_id, **args)
         return uuid.UUID(str(rows[0]["generation_id"])), uuid.UUID(str(rows[0]["job_id"]))
+
+    async def start_legacy_generation(
+        self, user_id: uuid.UUID, generation_id: uuid.UUID | None, **params: Any
+    ) -> tuple[uuid.UUID, str]:
+        """The legacy call's generation, started (or found started or ended): (id, status)."""
+        args = {f"p_{name}": value for name, value in params.items() if value is not None}
+        rows = await self._rows(
+            "start_legacy_generation", p_user_id=user_id, p_generation_id=generation_id, **args
+        )
+        return uuid.UUID(str(rows[0]["generation_id"])), str(rows[0]["status"])
+
+    async def start_batch(self, user_id: uuid.UUID, request: dict[str, Any]) -> dict[str, Any]:
+        """batch-generate's body, checked, admitted and started whole: {id, name,
+        total_count, generations}."""
+        batch: dict[str, Any] = await self._scalar(
+            "start_batch", p_user_id=user_id, p_request=request
+        )
+        return batch
+
+    async def process_queue(self, user_id: uuid.UUID) -> int:
+        """Start the user's pending generations within their limits; how many started."""
+        return int(await self._scalar("process_queue", p_user_id=user_id) or 0)
 
     async def generation_parameters(self, **params: Any) -> dict[str, Any]:
         """The parameters checked against the model's limits, with its defaults filled in."""

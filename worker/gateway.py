@@ -13,13 +13,21 @@ from typing import Any, Protocol
 
 
 class DatabaseError(Exception):
-    """A SQL function refused or failed. `sqlstate` and `column` come from the server."""
+    """A SQL function refused or failed. `sqlstate`, `column` and `detail` come from the
+    server (a limit's refusal carries in `detail` when to retry)."""
 
-    def __init__(self, message: str, sqlstate: str | None = None, column: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str | None = None,
+        column: str | None = None,
+        detail: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
         self.column = column
+        self.detail = detail
 
     @property
     def is_invalid_input(self) -> bool:

@@ -77,6 +77,7 @@ class PostgresGateway:
                 exc.diag.message_primary or str(exc),
                 sqlstate=exc.sqlstate,
                 column=exc.diag.column_name,
+                detail=exc.diag.message_detail,
             ) from exc
 
     async def listen(self, channel: str, wake: Callable[[], None]) -> None:

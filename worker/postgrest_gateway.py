@@ -51,7 +51,11 @@ class PostgrestGateway:
         except httpx.TransportError as exc:
             raise GatewayUnavailable(f"PostgREST unreachable: {type(exc).__name__}") from exc
         except APIError as exc:
-            raise DatabaseError(exc.message or "PostgREST refused the call", exc.code) from exc
+            raise DatabaseError(
+                exc.message or "PostgREST refused the call",
+                exc.code,
+                detail=str(exc.details) if exc.details else None,
+            ) from exc
         return _rows(function, response.data)
 
     async def listen(self, channel: str, wake: Callable[[], None]) -> None:

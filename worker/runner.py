@@ -96,6 +96,21 @@ class Runner:
         )
         return len(tasks), sum(outcome is not True for outcome in outcomes)
 
+    async def run_claimed(self, job: Job) -> bool:
+        """Run a job claimed outside the loop (the legacy generate-image) as if claimed here:
+        heartbeats renew its lease (its own, when the loop is not running), a lost lease
+        cancels it, failures are recorded. Whether it succeeded."""
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+        self.running[job.id] = task
+        task.add_done_callback(functools.partial(self._finished, job.id))
+        heartbeat = None if self.alive else asyncio.create_task(self._heartbeat_loop())
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+
     # The loop.
 
     async def run(self) -> None:
