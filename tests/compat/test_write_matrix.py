@@ -256,14 +256,13 @@ def test_a_user_cannot(conn: Conn, ids: dict[str, uuid.UUID], statement: str) ->
 
 
 def test_a_user_cannot_insert_beyond_their_limit(conn: Conn, ids: dict[str, uuid.UUID]) -> None:
-    """Pending rows count as active work, as the API counts them (imagegen.admit_generation)."""
-    active = conn.execute(
-        "select count(*) as n from image_generations where user_id = %s"
-        " and status in ('pending', 'queued', 'processing', 'downloading')",
-        (ids["alice"],),
-    ).fetchone()
-    assert active is not None
-    conn.execute("select configure_admission(p_max_active_per_user => %s)", (active["n"],))
+    """An inserted row counts against the user's hourly limit, as a start through the API
+    does (imagegen.admit_generation)."""
+    with signed_in(conn, ids["alice"]):
+        conn.execute(insert(), ids)
+        limits = conn.execute("select get_user_limits(%s) as l", (ids["alice"],)).fetchone()
+    assert limits is not None and limits["l"]["hourly_used"] >= 1
+    conn.execute("select configure_admission(p_hourly_limit => %s)", (limits["l"]["hourly_used"],))
     before = snapshot(conn)
     with signed_in(conn, ids["alice"]), pytest.raises(psycopg.Error) as refused:
         conn.execute(insert(), ids)
