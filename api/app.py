@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "authorization, x-client-info, apikey, content-type",
 }
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other; our bodies need 2
 FUNCTIONS = "/functions/v1"
 
 HTTP_LATENCY = Histogram(
@@ -75,6 +77,12 @@ Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
+def is_blank(text: str) -> bool:
+    """Nothing but separators (Z*: spaces, NBSP), controls and format characters (C*:
+    zero-width space, BOM, joiners): what shows as nothing."""
+    return all(char.isspace() or unicodedata.category(char)[0] in "CZ" for char in text)
+
+
 class GenerationBody(BaseModel):
     """The generation parameters every endpoint accepts (CONTRACT §1)."""
 
@@ -107,6 +115,15 @@ class GenerationBody(BaseModel):
                 raise ValueError("must not contain NUL characters")
         return value
 
+    @field_validator("prompt")
+    @classmethod
+    def _visible_prompt(cls, value: str) -> str:
+        """A prompt of only invisible characters is empty to the model (the SQL check
+        sees only whitespace, not NBSP, zero-width spaces or a BOM)."""
+        if is_blank(value):
+            raise ValueError("prompt is required (it has no visible character)")
+        return value
+
     def fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(GenerationBody.model_fields))
 
@@ -134,10 +151,7 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise ClientError(413, "Request body too large")
-    try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClientError(400, "Request body must be JSON") from exc
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ClientError(400, "Request body must be a JSON object")
     try:
@@ -146,6 +160,52 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         raise ClientError(400, f"{field}: {first['msg']}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or a 400 that says what is wrong with it."""
+    try:
+        text = raw.decode("utf-8-sig") if raw else "{}"
+    except UnicodeDecodeError as exc:
+        raise ClientError(400, f"Request body must be UTF-8 JSON (byte {exc.start})") from exc
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise ClientError(400, f"Request body nests more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise ClientError(400, f"Request body must be JSON ({exc.msg} at {exc.pos})") from exc
+    except ValueError as exc:  # NaN, Infinity, an integer of over 4300 digits
+        raise ClientError(400, f"Request body must be JSON ({exc})") from exc
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest, counted before parsing (the parser would recurse
+    once a level); brackets inside strings do not count."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return 0  # the common case: too few brackets to go too deep, no scan needed
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return depth
+        elif char in "]}":
+            depth -= 1
+    return depth
 
 
 @dataclass
