@@ -79,4 +79,3 @@ def test_blank_looking_prompts_are_refused_at_the_door(
         "POST", "start-generation", auth, json={"prompt": f"{prompt}a cat", "model_id": FLUX}
     )
     assert visible.status_code == 200, visible.text
-
