@@ -509,11 +509,10 @@ def create_app(
     *,
     run_jobs: bool = True,
     storage_root: Path | None = None,
-    simulator: Any = None,
 ) -> FastAPI:
     """`run_jobs`: also run the job runner in this process (`imagegen serve`).
     `storage_root`: serve a local Supabase-Storage-compatible store at /storage/v1.
-    `simulator`: an ASGI Replicate simulator to serve at /replicate."""
+    No Replicate simulator: only `imagegen dev` mounts one (api/dev.py), never `serve`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -574,9 +573,6 @@ def create_app(
             "/storage/v1",
             create_storage_app(storage_root, key.get_secret_value() if key else ""),
         )
-    if simulator is not None:
-        app.mount("/replicate", simulator)
-
     app.add_middleware(EdgeMiddleware)
 
     @app.exception_handler(ClientError)

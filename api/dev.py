@@ -312,6 +312,19 @@ def dev_settings(
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def dev_simulator(settings: Settings, state: DevState) -> Any:
+    """The Replicate simulator `make dev` mounts at /replicate: its API takes only this
+    run's Replicate token, its controls only the dev secret (the worker secret)."""
+    from worker.simulator import SimulatorConfig, create_simulator_app
+
+    token = settings.replicate_api_token
+    return create_simulator_app(
+        SimulatorConfig(latency_seconds=SIMULATED_SECONDS),
+        api_token=token.get_secret_value() if token else None,
+        control_secret=state.worker_secret,
+    )
+
+
 def dev_token(state: DevState, supabase_url: str, ttl_seconds: int = 7 * 24 * 3600) -> str:
     return mint_dev_token(
         state.jwt_secret,
@@ -390,8 +403,6 @@ def run(host: str, port: int) -> None:
 
     from api.app import create_app
     from worker.logs import configure_logging
-    from worker.simulator import SimulatorConfig, create_simulator_app
-
     root = local_dir()
     base = f"http://{host}:{port}"
     with dev_lock(root, os.getpid(), base):
@@ -412,14 +423,9 @@ def run(host: str, port: int) -> None:
             _write_private(root / TOKEN_FILE, dev_token(state, base))
             real = bool(os.environ.get("REPLICATE_API_TOKEN"))
             configure_logging(settings.log_level, settings.log_format)
-            app = create_app(
-                settings,
-                run_jobs=True,
-                storage_root=root / "storage",
-                simulator=None
-                if real
-                else create_simulator_app(SimulatorConfig(latency_seconds=SIMULATED_SECONDS)),
-            )
+            app = create_app(settings, run_jobs=True, storage_root=root / "storage")
+            if not real:
+                app.mount("/replicate", dev_simulator(settings, state))
             add_home_page(app, cluster.url(), state.user_id)
             say(_banner(settings, root, cluster, schedule, real))
             server = _DrainFirstServer(

@@ -6,13 +6,21 @@ unless a point concerns one part alone (the storage stand-in, the simulator).
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from api.app import create_app
+from api.background_server import BackgroundServer
+from api.dev import DevState, dev_settings, dev_simulator
 from tests.conftest import make_user
 from tests.test_abuse import FLUX, Service, error_body, serve, snapshot
 
@@ -79,3 +87,66 @@ def test_blank_looking_prompts_are_refused_at_the_door(
         "POST", "start-generation", auth, json={"prompt": f"{prompt}a cat", "model_id": FLUX}
     )
     assert visible.status_code == 200, visible.text
+
+
+# -- 5. the dev simulator
+
+
+def test_the_dev_simulator_takes_only_its_token_and_the_dev_secret(tmp_path: Path) -> None:
+    state = DevState.load(tmp_path)
+    settings = dev_settings(
+        state, host="127.0.0.1", port=8000, database_url="postgresql:///x", worker_id="w"
+    )
+    token = settings.replicate_api_token
+    assert token is not None
+    app = Starlette(routes=[Mount("/replicate", dev_simulator(settings, state))])
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        right = {"Authorization": f"Bearer {token.get_secret_value()}"}
+        created = http.post(
+            "/replicate/v1/models/black-forest-labs/flux-schnell/predictions",
+            json={"input": {"prompt": "a private prompt", "aspect_ratio": "1:1"}},
+            headers=right,
+        )
+        assert created.status_code == 201, created.text
+        prediction = created.json()["id"]
+        for bearer in ("anything", state.worker_secret, "r8_" + "x" * 37):
+            wrong = {"Authorization": f"Bearer {bearer}"}
+            for method, path in [
+                ("GET", "/replicate/v1/predictions"),
+                ("GET", f"/replicate/v1/predictions/{prediction}"),
+                ("POST", f"/replicate/v1/predictions/{prediction}/cancel"),
+            ]:
+                response = http.request(method, path, headers=wrong)
+                assert response.status_code == 401, (bearer, path, response.text)
+        assert http.get("/replicate/v1/predictions", headers=right).json()["results"]
+
+        secret = {"Authorization": f"Bearer {state.worker_secret}"}
+        override = json.dumps({"output_override": "http://169.254.169.254/latest/meta-data"})
+        for headers in ({}, right, {"Authorization": "Bearer anything"}):
+            for method, path in [
+                ("GET", "/replicate/_simulator/stats"),
+                ("POST", "/replicate/_simulator/reset"),
+                ("GET", "/replicate/_simulator/config"),
+            ]:
+                assert http.request(method, path, headers=headers).status_code == 401, path
+            posted = http.post(
+                "/replicate/_simulator/config",
+                content=override,
+                headers=headers | {"Content-Type": "application/json"},
+            )
+            assert posted.status_code == 401
+        # What a web page can send without a preflight: text/plain, even with the secret.
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+            posted = http.post(
+                "/replicate/_simulator/config",
+                content=override,
+                headers=secret | ({"Content-Type": content_type} if content_type else {}),
+            )
+            assert posted.status_code == 415, (content_type, posted.text)
+        config = http.get("/replicate/_simulator/config", headers=secret).json()
+        assert config["output_override"] is None
+        assert http.get("/replicate/_simulator/stats", headers=secret).status_code == 200
+
+
+def test_serve_never_mounts_the_simulator() -> None:
+    assert "simulator" not in inspect.signature(create_app).parameters
