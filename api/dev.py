@@ -307,6 +307,8 @@ def dev_settings(
         values |= {
             "replicate_base_url": f"{base}/replicate/v1",
             "replicate_api_token": secrets.token_urlsafe(24),
+            # The simulator serves outputs from this loopback origin, which nothing else may.
+            "output_private_origins": base,
         }
     # Explicit values win over the environment, which still fills in everything else.
     return Settings(**values)  # type: ignore[arg-type]
@@ -403,6 +405,7 @@ def run(host: str, port: int) -> None:
 
     from api.app import create_app
     from worker.logs import configure_logging
+
     root = local_dir()
     base = f"http://{host}:{port}"
     with dev_lock(root, os.getpid(), base):

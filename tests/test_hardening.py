@@ -7,7 +7,9 @@ unless a point concerns one part alone (the storage stand-in, the simulator).
 from __future__ import annotations
 
 import inspect
+import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,21 @@ import httpx
 import psycopg
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 
 from api.app import create_app
 from api.background_server import BackgroundServer
 from api.dev import DevState, dev_settings, dev_simulator
 from tests.conftest import make_user
-from tests.test_abuse import FLUX, Service, error_body, serve, snapshot
+from tests.test_abuse import FLUX, Listener, Service, error_body, listener, serve, snapshot
+from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
+from worker.settings import Settings
 
 Conn = psycopg.Connection[dict[str, Any]]
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+__all__ = ["listener"]  # a fixture of tests.test_abuse, used here
 
 
 @pytest.fixture
@@ -150,3 +157,171 @@ def test_the_dev_simulator_takes_only_its_token_and_the_dev_secret(tmp_path: Pat
 
 def test_serve_never_mounts_the_simulator() -> None:
     assert "simulator" not in inspect.signature(create_app).parameters
+
+
+# -- 3. output downloads
+
+
+def _wait_for_generations(conn: Conn, ids: list[str], seconds: float = 30) -> list[dict[str, Any]]:
+    """The generations' rows once none is still on its way (or after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        rows = conn.execute(
+            "select g.id::text, g.status, g.error_message,"
+            " (select count(*) from images i where i.generation_id = g.id) as images,"
+            " (select i.storage_path from images i where i.generation_id = g.id) as storage_path"
+            " from image_generations g where g.id = any(%s::uuid[]) order by g.created_at",
+            (ids,),
+        ).fetchall()
+        if rows and all(row["status"] in ("completed", "failed") for row in rows):
+            break
+        time.sleep(0.1)
+    return rows
+
+
+def _start(service: Service, token: str, **body: Any) -> str:
+    started = service.call(
+        "POST", "start-generation", token, json={"prompt": "x", "model_id": FLUX} | body
+    )
+    assert started.status_code == 200, started.text
+    return str(started.json()["generation_id"])
+
+
+def test_output_urls_to_internal_addresses_are_never_fetched(
+    conn: Conn, database_url: str, tmp_path: Path, listener: Listener
+) -> None:
+    """A provider's output URL (here the simulator's `output_override`) pointing inside:
+    the generation fails, nothing connects, nothing is stored."""
+    user = make_user(conn)
+    targets = [
+        f"http://127.0.0.1:{listener.port}/a.png",
+        f"http://localhost:{listener.port}/a.png",
+        f"http://[::ffff:127.0.0.1]:{listener.port}/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/a.png",
+    ]
+    for service in serve(database_url, tmp_path, run_jobs=True):
+        token = f"Bearer {service.hs256(user)}"
+        ids = []
+        for target in targets:
+            service.stack.configure_simulator(output_override=[target])
+            ids.append(_start(service, token))
+            _wait_for_generations(conn, ids[-1:])
+        rows = _wait_for_generations(conn, ids)
+        assert [row["status"] for row in rows] == ["failed"] * len(targets), rows
+        assert all("private or reserved" in row["error_message"] for row in rows), rows
+        assert all(row["images"] == 0 for row in rows)
+        # The stack's own simulator origin is the one allowance (tests/stack.py).
+        service.stack.configure_simulator(output_override=None)
+        done = _wait_for_generations(conn, [_start(service, token)])
+        assert done[0]["status"] == "completed", done
+    assert listener.hits == []
+
+
+async def test_every_redirect_hop_of_an_output_is_vetted(listener: Listener) -> None:
+    """A trusted origin (127.0.0.2, standing for the provider) redirecting inside: refused
+    at the hop, the listener never reached; a redirect to the allowed host passes."""
+
+    async def redirect(request: Request) -> Response:
+        return RedirectResponse(request.query_params["to"], status_code=302)
+
+    async def image(_request: Request) -> Response:
+        return Response(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, media_type="image/png")
+
+    app = Starlette(routes=[Route("/redirect", redirect), Route("/a.png", image)])
+    with BackgroundServer(app, host="127.0.0.2") as provider:
+        policy = OutputPolicy(private_origins=frozenset({provider.url.rstrip("/")}))
+        async with ReplicateClient(f"{provider.url}/v1", "r8_x", timeout=5) as client:
+            for target in (
+                f"http://127.0.0.1:{listener.port}/a.png",
+                "http://169.254.169.254/",
+                "file:///etc/passwd",
+            ):
+                with pytest.raises(OutputRefused):
+                    await client.download_output(
+                        f"{provider.url}/redirect?to={target}",
+                        io.BytesIO(),
+                        max_bytes=10_000,
+                        timeout=5,
+                        policy=policy,
+                    )
+            spool = io.BytesIO()
+            fine = await client.download_output(
+                f"{provider.url}/redirect?to=/a.png",
+                spool,
+                max_bytes=10_000,
+                timeout=5,
+                policy=policy,
+            )
+            assert fine.size == 108 and spool.getvalue().startswith(b"\x89PNG")
+            # An allow-list of delivery hosts: any other host is refused before connecting.
+            only_replicate = OutputPolicy(hosts=("replicate.delivery",))
+            with pytest.raises(OutputRefused, match="allowed output host"):
+                await client.download_output(
+                    f"http://127.0.0.1:{listener.port}/a.png",
+                    io.BytesIO(),
+                    max_bytes=10_000,
+                    timeout=5,
+                    policy=only_replicate,
+                )
+    assert listener.hits == []
+
+
+def test_output_hosts_default_to_replicates_delivery_domain() -> None:
+    assert Settings().output_host_list == ("replicate.delivery",)
+    assert Settings(replicate_base_url="http://127.0.0.1:8787/v1").output_host_list == ()
+    assert Settings(output_hosts="cdn.example, Other.Example.").output_host_list == (
+        "cdn.example",
+        "other.example",
+    )
+    assert Settings().output_private_origin_set == frozenset()
+    assert Settings(output_private_origins="http://127.0.0.1:8000").output_private_origin_set == {
+        "http://127.0.0.1:8000"
+    }
+
+
+# -- 4. SVG outputs
+
+HOSTILE_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
+    ' width="64" height="32" onload="alert(1)">'
+    "<script>alert(document.cookie)</script>"
+    '<rect width="64" height="32" fill="red" onclick="steal()"/>'
+    '<a xlink:href="javascript:alert(2)"><circle r="4"/></a>'
+    '<foreignObject><iframe xmlns="http://www.w3.org/1999/xhtml" src="https://evil.example"/>'
+    "</foreignObject></svg>"
+)
+
+
+def test_svg_outputs_are_sanitized_before_they_are_stored(
+    conn: Conn, database_url: str, tmp_path: Path
+) -> None:
+    user = make_user(conn)
+    for service in serve(database_url, tmp_path, run_jobs=True):
+        token = f"Bearer {service.hs256(user)}"
+        service.stack.configure_simulator(
+            output_body=HOSTILE_SVG, output_content_type="image/svg+xml"
+        )
+        generation = _start(service, token, model_id="recraft-ai/recraft-v3-svg")
+        row = _wait_for_generations(conn, [generation])[0]
+        assert row["status"] == "completed", row
+        public = f"{service.stack.url}/storage/v1/object/public/generated-images"
+        stored = httpx.get(f"{public}/{row['storage_path']}", timeout=10)
+        assert stored.headers["content-type"] == "image/svg+xml"
+        assert stored.headers["x-content-type-options"] == "nosniff"
+        text = stored.text.lower()
+        for hostile in ("<script", "onload", "onclick", "javascript:", "iframe", "evil."):
+            assert hostile not in text, (hostile, stored.text)
+        assert "<rect" in text and 'width="64"' in text  # the drawing itself survives
+        image = conn.execute(
+            "select file_size, width, height from images where generation_id = %s",
+            (generation,),
+        ).fetchone()
+        assert image == {"file_size": len(stored.content), "width": 64, "height": 32}
+        # What is not an image of the four types is refused, whatever it is served as.
+        service.stack.configure_simulator(
+            output_body="<html><body>hi</body></html>", output_content_type="image/svg+xml"
+        )
+        refused = _wait_for_generations(conn, [_start(service, token)])[0]
+        assert refused["status"] == "failed" and refused["images"] == 0, refused

@@ -291,6 +291,10 @@ async def test_without_a_configured_key_nobody_writes(tmp_path: Path) -> None:
         assert (refused.retryable, "403" in str(refused)) == (False, True)
 
 
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 @pytest.mark.parametrize(("first", "second"), [("a", "a/x"), ("a/x", "a"), ("a/b", "a/b/c/d")])
 @pytest.mark.parametrize("upsert", ["true", "false"])
 async def test_a_key_and_a_folder_of_one_name_collide_cleanly(
@@ -303,12 +307,11 @@ async def test_a_key_and_a_folder_of_one_name_collide_cleanly(
         )
         options = {"content-type": "image/png", "x-upsert": upsert}
         await bucket.upload(first, b"first", options)  # type: ignore[arg-type]
-        before = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        before = _files(root)
         with pytest.raises(StorageApiError) as refused:
             await bucket.upload(second, b"second", options)  # type: ignore[arg-type]
         assert 400 <= int(refused.value.status) < 500, refused.value
-        after = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        assert after == before  # nothing written: no object without metadata
+        assert _files(root) == before  # nothing written: no object without metadata
         assert await bucket.download(first) == b"first"
         reply = await http.get(f"{server.url}/storage/v1/object/public/{BUCKET}/{second}")
         assert reply.status_code == 404 and reply.json()["error"] == "not_found"

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPLICATE_API_HOST = "api.replicate.com"
+REPLICATE_DELIVERY_HOST = "replicate.delivery"  # where Replicate serves prediction outputs
 
 
 def _default_worker_id() -> str:
@@ -51,12 +55,39 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_source_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     http_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Output downloads: comma-separated host names (each with its subdomains) they may
+    # come from; unset: Replicate's delivery domain when talking to Replicate, else any.
+    output_hosts: str | None = None
+    # Comma-separated origins (scheme://host:port) whose outputs may sit on a loopback or
+    # private address: the dev stack's and the tests' simulator. Unset: none may.
+    output_private_origins: str | None = None
 
     # The HTTP service.
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def output_host_list(self) -> tuple[str, ...]:
+        if self.output_hosts is not None:
+            return tuple(
+                h.strip().lower().strip(".") for h in self.output_hosts.split(",") if h.strip()
+            )
+        if urlsplit(self.replicate_base_url).hostname == REPLICATE_API_HOST:
+            return (REPLICATE_DELIVERY_HOST,)
+        return ()
+
+    @property
+    def output_private_origin_set(self) -> frozenset[str]:
+        """The origins as `scheme://host:port`, the port spelled out."""
+        origins = set()
+        for value in (self.output_private_origins or "").split(","):
+            if value.strip():
+                parts = urlsplit(value.strip())
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                origins.add(f"{parts.scheme}://{parts.hostname}:{port}")
+        return frozenset(origins)
 
     @property
     def gateway(self) -> Literal["postgres", "postgrest"]:
