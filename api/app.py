@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
 from api.docs import install_docs
+from api.limits import RequestLimits
 from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.generation import run_prediction, store_output
@@ -69,6 +70,7 @@ class ClientError(Exception):
 # Admission control's refusals (sql/0001_baseline.sql, section 7): SQLSTATE -> (status,
 # Retry-After).
 REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
+OUTAGE_RETRY_AFTER = "5"  # the database unreachable: the pool reconnects within seconds
 
 
 # The SQL parameter types: a number beyond them is the caller's error (400), not a
@@ -243,7 +245,11 @@ def _database_failure(exc: DatabaseError | GatewayUnavailable) -> ClientError:
         status, retry_after = REFUSALS[exc.sqlstate]
         return ClientError(status, exc.message, {"Retry-After": retry_after})
     log.error("database call failed", error=str(exc))
-    return ClientError(503, "The service is temporarily unavailable, please retry")
+    return ClientError(
+        503,
+        "The service is temporarily unavailable, please retry",
+        {"Retry-After": OUTAGE_RETRY_AFTER},
+    )
 
 
 def _failure_message(exc: Exception) -> str:
@@ -573,6 +579,15 @@ def create_app(
             "/storage/v1",
             create_storage_app(storage_root, key.get_secret_value() if key else ""),
         )
+    # Inside EdgeMiddleware, so that its refusals carry CORS headers and are counted.
+    app.add_middleware(
+        RequestLimits,
+        prefix=FUNCTIONS,
+        per_client=settings.max_requests_in_flight_per_client,
+        max_body_bytes=MAX_BODY_BYTES,
+        acquire_timeout=settings.database_request_timeout_seconds,
+        patient=(f"{FUNCTIONS}/process-jobs",),
+    )
     app.add_middleware(EdgeMiddleware)
 
     @app.exception_handler(ClientError)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -18,6 +20,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from worker.gateway import DatabaseError, GatewayUnavailable
 
 log = structlog.get_logger(__name__)
+
+# How long a call may wait for a pooled connection, when shorter than the gateway's own
+# timeout: the HTTP service sets it per request (api/app.py), so that an outage answers
+# a request within seconds while the job runner keeps waiting patiently.
+PING_TIMEOUT_SECONDS = 2.0
+ACQUIRE_TIMEOUT: ContextVar[float | None] = ContextVar("acquire_timeout", default=None)
 
 
 @lru_cache(maxsize=256)
@@ -45,6 +53,8 @@ class PostgresGateway:
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 10.0) -> None:
         self._url = url
         self._timeout = timeout
+        self._ping_conn: psycopg.AsyncConnection[Any] | None = None
+        self._ping_lock = asyncio.Lock()
         self._pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -61,15 +71,16 @@ class PostgresGateway:
     async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         statement = _statement(function, tuple(args))
         params = {name: _adapt(value) for name, value in args.items()}
+        timeout = min(self._timeout, ACQUIRE_TIMEOUT.get() or self._timeout)
         try:
             async with (
-                self._pool.connection() as conn,
+                self._pool.connection(timeout=timeout) as conn,
                 conn.cursor(row_factory=dict_row) as cursor,
             ):
                 await cursor.execute(statement, params)
                 return await cursor.fetchall()
         except PoolTimeout as exc:
-            raise GatewayUnavailable(f"no database connection within {self._timeout}s") from exc
+            raise GatewayUnavailable(f"no database connection within {timeout}s") from exc
         except psycopg.OperationalError as exc:
             raise GatewayUnavailable(f"database unavailable: {exc.sqlstate or exc}") from exc
         except psycopg.Error as exc:
@@ -99,12 +110,28 @@ class PostgresGateway:
             delay = min(delay * 2, 2.0)
 
     async def ping(self) -> bool:
-        try:
-            async with self._pool.connection(timeout=2) as conn:
-                await conn.execute("select 1")
-            return True
-        except (psycopg.Error, PoolTimeout):
-            return False
+        """On a connection of its own, not the pool's: /health must answer while a flood
+        of requests queues for the pool."""
+        async with self._ping_lock:
+            try:
+                async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                    if self._ping_conn is None or self._ping_conn.closed:
+                        self._ping_conn = await psycopg.AsyncConnection.connect(
+                            self._url, autocommit=True, connect_timeout=int(PING_TIMEOUT_SECONDS)
+                        )
+                    await self._ping_conn.execute("select 1")
+                return True
+            except (psycopg.Error, TimeoutError):
+                await self._close_ping()
+                return False
+
+    async def _close_ping(self) -> None:
+        conn, self._ping_conn = self._ping_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     async def close(self) -> None:
+        async with self._ping_lock:
+            await self._close_ping()
         await self._pool.close()
