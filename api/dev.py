@@ -404,6 +404,7 @@ def run(host: str, port: int) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.limits import uvicorn_options
     from worker.logs import configure_logging
 
     root = local_dir()
@@ -439,6 +440,7 @@ def run(host: str, port: int) -> None:
                     log_level="warning",
                     log_config=None,  # uvicorn's lines go through our logging setup
                     timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+                    **uvicorn_options(),  # the header limits (api/limits.py)
                 ),
                 grace_seconds=settings.shutdown_grace_seconds + 10,
                 database_url=cluster.url(),

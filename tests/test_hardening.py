@@ -9,8 +9,9 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,22 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from api.app import create_app
+from api.auth import mint_dev_token
 from api.background_server import BackgroundServer
 from api.dev import DevState, dev_settings, dev_simulator
+from api.limits import MAX_HEADER_BYTES, MAX_HEADERS, uvicorn_options
 from tests.conftest import make_user
-from tests.test_abuse import FLUX, Listener, Service, error_body, listener, serve, snapshot
+from tests.stack import Stack
+from tests.test_abuse import (
+    FLUX,
+    Listener,
+    Service,
+    _supabase_standin,
+    error_body,
+    listener,
+    serve,
+    snapshot,
+)
 from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
 from worker.settings import Settings
 
@@ -325,3 +338,86 @@ def test_svg_outputs_are_sanitized_before_they_are_stored(
         )
         refused = _wait_for_generations(conn, [_start(service, token)])[0]
         assert refused["status"] == "failed" and refused["images"] == 0, refused
+
+
+# -- 2. header and body limits
+
+
+def _raw_request(port: int, head: bytes, body_chunks: Iterable[bytes] = ()) -> bytes:
+    """Send `head` (then `body_chunks`) on one connection; what the server answers
+    before closing, or b"" when it only closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(head)
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed while we were still sending: what is wanted
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return answer
+
+
+def _huge_header(total: int) -> Iterator[bytes]:
+    """A header value of `total` bytes, sent a megabyte at a time (never built whole)."""
+    sent = 0
+    while sent < total:
+        sent += 1 << 20
+        yield b"a" * (1 << 20)
+    yield b"\r\n\r\n"
+
+
+def test_header_limits_of_the_served_protocol(
+    conn: Conn, database_url: str, tmp_path: Path
+) -> None:
+    """The protocol `imagegen serve`, `api` and `dev` run (api.limits.uvicorn_options):
+    a header block over the cap is a 431 while it arrives; so are too many headers; a
+    declared body over the endpoints' limit is a 413 before anything reads it; normal
+    requests, bodies after headers and keep-alive all still work."""
+    assert uvicorn_options()["http"].__name__ == "LimitedHttpToolsProtocol"
+    user = make_user(conn)
+    service_key = "hardening-service-role-key-0123456789abcdef"
+    with BackgroundServer(_supabase_standin(tmp_path / "storage", service_key)) as supabase:
+        stack = Stack(supabase.url, service_key, tmp_path / "storage", database_url)
+        settings = stack.settings(supabase_jwt_secret="hardening-jwt-secret-0123456789abcdef")
+        app = create_app(settings, run_jobs=False)
+        with BackgroundServer(app, **uvicorn_options()) as server:
+            port = server.port
+            # 64 MB in one header: refused once the first 32 KiB are in, not at the end.
+            answer = _raw_request(
+                port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ", _huge_header(64 << 20)
+            )
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            assert b'"error"' in answer
+            many = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
+            answer = _raw_request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            long_url = b"GET /health?" + b"q" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\n\r\n"
+            assert _raw_request(port, long_url).startswith(b"HTTP/1.1 431 ")
+
+            token = mint_dev_token(
+                "hardening-jwt-secret-0123456789abcdef", user, issuer=f"{supabase.url}/auth/v1"
+            )
+            before = snapshot(conn)
+            head = (
+                b"POST /functions/v1/start-generation HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + token.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+            )
+            answer = _raw_request(port, head)  # 100 MB declared, none sent: answered anyway
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+            assert snapshot(conn) == before
+
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                body = {"prompt": "a cat", "model_id": FLUX, "pad": "p" * 40_000}
+                big_but_fine = {"Authorization": f"Bearer {token}", "X-Pad": "h" * 20_000}
+                for _ in range(3):  # keep-alive: the count starts again for each request
+                    response = http.post(
+                        "/functions/v1/start-generation", json=body, headers=big_but_fine
+                    )
+                    assert response.status_code == 200, response.text
+                assert http.get("/health").status_code == 200
