@@ -6,11 +6,16 @@ unless a point concerns one part alone (the storage stand-in, the simulator).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import json
+import signal
 import socket
+import subprocess
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ from api.background_server import BackgroundServer
 from api.dev import DevState, dev_settings, dev_simulator
 from api.limits import MAX_HEADER_BYTES, MAX_HEADERS, uvicorn_options
 from tests.conftest import make_user
-from tests.stack import Stack
+from tests.stack import Stack, run_stack
 from tests.test_abuse import (
     FLUX,
     Listener,
@@ -40,6 +45,9 @@ from tests.test_abuse import (
     serve,
     snapshot,
 )
+from tests.test_crash_torture import simulator_predictions, spawn_worker, start_generation
+from tests.test_worker import wait_for
+from tests.torture import TortureReport, scale
 from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
 from worker.settings import Settings
 
@@ -421,3 +429,108 @@ def test_header_limits_of_the_served_protocol(
                     )
                     assert response.status_code == 200, response.text
                 assert http.get("/health").status_code == 200
+
+
+# -- 10. crash recovery in seconds, not a lease
+
+
+@pytest.fixture
+def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
+    with run_stack(database_url, tmp_path / "storage") as running:
+        yield running
+
+
+def test_a_dead_workers_session_frees_its_jobs_and_a_live_ones_does_not(
+    conn: Conn, database_url: str, user_id: uuid.UUID
+) -> None:
+    """The SQL alone: a registered worker's jobs are freed once its session ends, never
+    while it lives; an unregistered holder (the old worker) keeps its lease."""
+    generations = [start_generation(conn, user_id, FLUX, f"liveness {i}") for i in range(3)]
+    assert len(generations) == 3
+    alive = psycopg.connect(database_url, autocommit=True)
+    doomed = psycopg.connect(database_url, autocommit=True)
+    try:
+        for conn_, worker in ((alive, "w-alive"), (doomed, "w-doomed")):
+            registered = conn_.execute("select register_worker(%s)", (worker,)).fetchone()
+            assert registered == (True,)
+        # The same id from a second session while the first lives: refused.
+        assert conn.execute("select register_worker('w-alive') as ok").fetchone() == {"ok": False}
+        for worker in ("w-alive", "w-doomed", "old-worker"):
+            conn.execute("select * from claim_jobs(%s, 1, null, 120)", (worker,))
+        assert conn.execute("select reclaim_dead_workers() as n").fetchone() == {"n": 0}
+        doomed.close()
+        deadline = time.monotonic() + 10  # the server notices the closed session at once
+        while conn.execute("select reclaim_dead_workers() as n").fetchone() != {"n": 1}:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rows = conn.execute(
+            "select locked_by, locked_until <= now() as free from job_queue order by locked_by"
+        ).fetchall()
+        assert rows == [
+            {"locked_by": "old-worker", "free": False},
+            {"locked_by": "w-alive", "free": False},
+            {"locked_by": "w-doomed", "free": True},
+        ]
+        taken = conn.execute("select locked_by, attempts from claim_jobs('w-alive', 5)").fetchall()
+        assert taken == [{"locked_by": "w-alive", "attempts": 2}]
+    finally:
+        alive.close()
+        doomed.close()
+
+
+@pytest.mark.torture
+async def test_kill_9_jobs_run_elsewhere_long_before_the_lease_ends(
+    conn: Conn, database_url: str, stack: Stack, tmp_path: Path, torture_report: TortureReport
+) -> None:
+    count = scale(6, 24)
+    lease = 120
+    stack.configure_simulator(latency_seconds=2.0)
+    user = make_user(conn)
+    ids = [start_generation(conn, user, FLUX, f"crash recovery {i}") for i in range(count)]
+    env = {
+        "LEASE_SECONDS": str(lease),
+        "POLL_INTERVAL_SECONDS": "0.5",
+        "MAX_PARALLEL_JOBS": str(count),
+        "LIVENESS_CHECK_SECONDS": "0.5",
+    }
+    first = spawn_worker(stack.settings(), tmp_path / "first.log", **env)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        held: list[dict[str, Any]] = []
+        while len(held) < count:
+            assert time.monotonic() < deadline, held
+            await asyncio.sleep(0.05)
+            held = conn.execute(
+                "select id, locked_until from job_queue where status = 'processing'"
+                " and job_type = 'generate-image'"
+            ).fetchall()
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed = time.monotonic()
+        second = spawn_worker(stack.settings(), tmp_path / "second.log", **env)
+        rows = await wait_for(database_url, ids, timeout=90)
+        recovered = round(time.monotonic() - killed, 1)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+    assert [row["status"] for row in rows.values()] == ["completed"] * count
+    # State, not time: each job was done by the other worker while its lease still ran.
+    lease_ends = {row["id"]: row["locked_until"] for row in held}
+    done = conn.execute(
+        "select id, completed_at, attempts from job_queue where id = any(%s)",
+        (list(lease_ends),),
+    ).fetchall()
+    assert all(row["completed_at"] < lease_ends[row["id"]] for row in done), done
+    assert all(row["attempts"] == 2 for row in done), done
+    # Exactly one prediction per generation: the second worker adopted the first's.
+    prompts = Counter(p["input"]["prompt"] for p in simulator_predictions(stack))
+    assert prompts == Counter(f"crash recovery {i}" for i in range(count))
+    torture_report.record(
+        "crash recovery: kill -9 holding jobs",
+        jobs=count,
+        lease_s=lease,
+        all_done_after_s=recovered,
+    )

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 # timeout: the HTTP service sets it per request (api/app.py), so that an outage answers
 # a request within seconds while the job runner keeps waiting patiently.
 PING_TIMEOUT_SECONDS = 2.0
+SESSION_CHECK_SECONDS = 5.0
 ACQUIRE_TIMEOUT: ContextVar[float | None] = ContextVar("acquire_timeout", default=None)
 
 
@@ -106,6 +107,30 @@ class PostgresGateway:
                         wake()
             except psycopg.Error as exc:
                 log.warning("listen connection lost", error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def hold_session(self, worker_id: str) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=int(self._timeout)
+                ) as conn:
+                    cursor = await conn.execute("select public.register_worker(%s)", (worker_id,))
+                    row = await cursor.fetchone()
+                    if row and row[0]:
+                        log.info("worker registered", worker_id=worker_id)
+                        delay = 0.1
+                        while True:  # a query now and then notices a lost connection
+                            await asyncio.sleep(SESSION_CHECK_SECONDS)
+                            await conn.execute("select 1")
+                    log.warning(
+                        "worker id held by another session; lease only", worker_id=worker_id
+                    )
+                    delay = 2.0
+            except psycopg.Error as exc:
+                log.warning("worker session lost", error=type(exc).__name__, retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

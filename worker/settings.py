@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=120, ge=2)
     job_timeout_seconds: float = Field(default=900.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # How often a worker looks for dead workers' jobs (sql/0040_worker_liveness.sql).
+    liveness_check_seconds: float = Field(default=2.0, gt=0)
 
     # Storage and downloads.
     storage_bucket: str = "generated-images"
