@@ -33,6 +33,7 @@ from api.auth import mint_dev_token
 from api.background_server import BackgroundServer
 from api.dev import DevState, dev_settings, dev_simulator
 from api.limits import MAX_HEADER_BYTES, MAX_HEADERS, uvicorn_options
+from api.local_postgres import LocalPostgres
 from tests.conftest import make_user
 from tests.stack import Stack, run_stack
 from tests.test_abuse import (
@@ -46,14 +47,16 @@ from tests.test_abuse import (
     snapshot,
 )
 from tests.test_crash_torture import simulator_predictions, spawn_worker, start_generation
+from tests.test_db_restart import cluster, connect
 from tests.test_worker import wait_for
 from tests.torture import TortureReport, scale
+from worker.migrate import migrate
 from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
 from worker.settings import Settings
 
 Conn = psycopg.Connection[dict[str, Any]]
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-__all__ = ["listener"]  # a fixture of tests.test_abuse, used here
+__all__ = ["cluster", "listener"]  # fixtures of tests.test_db_restart and tests.test_abuse
 
 
 @pytest.fixture
@@ -534,3 +537,46 @@ async def test_kill_9_jobs_run_elsewhere_long_before_the_lease_ends(
         lease_s=lease,
         all_done_after_s=recovered,
     )
+
+
+# -- 9. the database down
+
+
+def test_start_generation_answers_503_with_retry_after_while_the_database_is_down(
+    cluster: LocalPostgres, tmp_path: Path
+) -> None:
+    """No timed assertion: the answer must come within the client's 8 s (the pool's own
+    timeout is 10 s; the request's, database_request_timeout_seconds, 1.5 s)."""
+    url = cluster.create_database("outage")
+    migrate(url)
+    jwt_secret = "outage-jwt-secret-0123456789abcdefghij"
+    with run_stack(url, tmp_path / "storage") as stack, connect(url) as setup:
+        user = make_user(setup)
+        settings = stack.settings(supabase_jwt_secret=jwt_secret)
+        assert settings.database_request_timeout_seconds < 2
+        token = mint_dev_token(jwt_secret, user, issuer=f"{stack.url}/auth/v1")
+        body = {"prompt": "a lighthouse", "model_id": FLUX}
+        with (
+            BackgroundServer(create_app(settings, run_jobs=False)) as server,
+            httpx.Client(
+                base_url=server.url, timeout=8, headers={"Authorization": f"Bearer {token}"}
+            ) as http,
+        ):
+            assert http.post("/functions/v1/start-generation", json=body).status_code == 200
+            cluster.stop("fast")
+            try:
+                for attempt in range(3):  # the broken pooled connection, then waits for one
+                    started = time.monotonic()
+                    response = http.post("/functions/v1/start-generation", json=body)
+                    seconds = time.monotonic() - started
+                    print(f"outage answer {attempt}: {response.status_code} in {seconds:.2f} s")
+                    assert response.status_code == 503, response.text
+                    assert response.headers["retry-after"].isdigit()
+                    assert "temporarily unavailable" in response.json()["error"]
+                assert http.get("/health").status_code == 503
+            finally:
+                cluster.start()
+            deadline = time.monotonic() + 30
+            while http.post("/functions/v1/start-generation", json=body).status_code != 200:
+                assert time.monotonic() < deadline, "the service did not come back"
+                time.sleep(0.2)
