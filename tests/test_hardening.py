@@ -580,3 +580,45 @@ def test_start_generation_answers_503_with_retry_after_while_the_database_is_dow
             while http.post("/functions/v1/start-generation", json=body).status_code != 200:
                 assert time.monotonic() < deadline, "the service did not come back"
                 time.sleep(0.2)
+
+
+# -- 11. one client's flood
+
+
+async def test_a_flood_from_one_client_is_refused_before_the_database(
+    conn: Conn, service: Service
+) -> None:
+    """400 requests at once on one token: past the per-client cap they are 429 with
+    Retry-After from the API process itself (no database call: nothing queues for the
+    pool), so another user and /health are answered meanwhile."""
+    greedy, other = make_user(conn), make_user(conn)
+    body = {"prompt": "a flood of lighthouses", "model_id": FLUX}
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=limits) as http:
+        flood_headers = {"Authorization": f"Bearer {service.hs256(greedy)}"}
+
+        async def flood_one() -> httpx.Response:
+            return await http.post(
+                "/functions/v1/start-generation", json=body, headers=flood_headers
+            )
+
+        flood = [asyncio.create_task(flood_one()) for _ in range(400)]
+        await asyncio.sleep(0.05)
+        other_answer = await http.post(
+            "/functions/v1/start-generation",
+            json=body,
+            headers={"Authorization": f"Bearer {service.hs256(other)}"},
+        )
+        health = await http.get("/health")
+        answers = await asyncio.gather(*flood)
+    assert other_answer.status_code == 200, other_answer.text
+    assert health.status_code == 200
+    statuses = Counter(answer.status_code for answer in answers)
+    assert set(statuses) <= {200, 429}, statuses
+    capped = [a for a in answers if a.status_code == 429 and "in flight" in a.json()["error"]]
+    assert capped, statuses
+    assert all(answer.headers["retry-after"].isdigit() for answer in capped)
+    written = conn.execute(
+        "select count(*) as n from image_generations where user_id = %s", (greedy,)
+    ).fetchone()
+    assert written == {"n": statuses[200]}
