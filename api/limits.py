@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -23,6 +24,9 @@ from worker.postgres_gateway import ACQUIRE_TIMEOUT
 MAX_HEADER_BYTES = 32 * 1024  # request line and headers; a Supabase JWT is about 1 KB
 MAX_HEADERS = 100
 RETRY_AFTER_SECONDS = "1"
+# A refused request is answered this much later: a client that resends at once (a
+# flood's closed loop) then costs the event loop a sleeping task, not a request per turn.
+REFUSAL_DELAY_SECONDS = 0.5
 
 _HEADERS_TOO_LARGE = b'{"error":"Request header fields too large"}'
 
@@ -136,6 +140,7 @@ class RequestLimits:
         key = hashlib.blake2b(headers.get(b"authorization", b""), digest_size=16).digest()
         count = self._in_flight.get(key, 0)
         if count >= self.per_client:
+            await asyncio.sleep(REFUSAL_DELAY_SECONDS)
             await _refuse(
                 send,
                 429,

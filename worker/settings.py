@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # How long a request waits for a database connection before its 503 (an outage).
     database_request_timeout_seconds: float = Field(default=1.5, gt=0)
     # Requests in flight per client credential; past it a 429 before any database call.
-    max_requests_in_flight_per_client: int = Field(default=16, ge=1)
+    max_requests_in_flight_per_client: int = Field(default=8, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
