@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -49,13 +48,16 @@ def limited_httptools_protocol() -> type[Any]:
         than the limit: past it, a 431 and the connection closed."""
 
         _header_bytes: int | None = 0  # None while a request's body is arriving
-        _header_count = 0
 
         def data_received(self, data: bytes) -> None:
             if self._header_bytes is None:
                 super().data_received(data)
                 return
             room = MAX_HEADER_BYTES - self._header_bytes
+            if len(data) <= room:  # the common case: no copy
+                self._header_bytes += len(data)
+                super().data_received(data)
+                return
             head, rest = data[:room], data[room:]
             self._header_bytes += len(head)
             super().data_received(head)
@@ -66,19 +68,11 @@ def limited_httptools_protocol() -> type[Any]:
             else:
                 self._refuse_headers()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._header_count = 0
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._header_count += 1
-            if self._header_count > MAX_HEADERS:
-                self._refuse_headers()
-                raise httptools.HttpParserError("too many headers")
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
             self._header_bytes = None
+            if len(self.headers) > MAX_HEADERS:  # counted once: a callback per header costs
+                self._refuse_headers()
+                raise httptools.HttpParserError("too many headers")
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -106,7 +100,7 @@ def limited_httptools_protocol() -> type[Any]:
 class RequestLimits:
     """For the endpoints under `prefix`, before any work: a declared body over
     `max_body_bytes` is a 413; past `per_client` requests in flight per Authorization
-    header value (hashed, no credential kept) a 429. Their database calls wait at most
+    header value a 429. Their database calls wait at most
     `acquire_timeout` seconds for a pooled connection (an outage is a quick 503), except
     on the `patient` paths (process-jobs runs jobs, which wait as the runner's do)."""
 
@@ -132,12 +126,15 @@ class RequestLimits:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"")
+        key = declared = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                key = value  # held while the request is in flight, never stored beyond
+            elif name == b"content-length":
+                declared = value
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await _refuse(send, 413, b"Request body too large")
             return
-        key = hashlib.blake2b(headers.get(b"authorization", b""), digest_size=16).digest()
         count = self._in_flight.get(key, 0)
         if count >= self.per_client:
             await asyncio.sleep(REFUSAL_DELAY_SECONDS)
