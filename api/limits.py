@@ -48,6 +48,7 @@ def limited_httptools_protocol() -> type[Any]:
         than the limit: past it, a 431 and the connection closed."""
 
         _header_bytes: int | None = 0  # None while a request's body is arriving
+        _blocks = 0  # header blocks completed on this connection
 
         def data_received(self, data: bytes) -> None:
             if self._header_bytes is None:
@@ -60,16 +61,18 @@ def limited_httptools_protocol() -> type[Any]:
                 return
             head, rest = data[:room], data[room:]
             self._header_bytes += len(head)
+            blocks = self._blocks
             super().data_received(head)
             if not rest or self.transport.is_closing():
                 return
-            if self._header_bytes is None:  # the block ended inside `head`: the rest is body
+            if self._blocks != blocks:  # a header block ended inside `head`: count afresh
                 self.data_received(rest)
             else:
                 self._refuse_headers()
 
         def on_headers_complete(self) -> None:
             self._header_bytes = None
+            self._blocks += 1
             if len(self.headers) > MAX_HEADERS:  # counted once: a callback per header costs
                 self._refuse_headers()
                 raise httptools.HttpParserError("too many headers")

@@ -622,3 +622,18 @@ async def test_a_flood_from_one_client_is_refused_before_the_database(
         "select count(*) as n from image_generations where user_id = %s", (greedy,)
     ).fetchone()
     assert written == {"n": statuses[200]}
+
+
+def test_pipelined_requests_beyond_the_header_budget_are_all_answered(tmp_path: Path) -> None:
+    """Many small requests in one send: each header block is counted on its own."""
+
+    async def ok(_request: Request) -> Response:
+        return Response(b"ok")
+
+    app = Starlette(routes=[Route("/ok", ok)])
+    with BackgroundServer(app, **uvicorn_options()) as server:
+        one = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+        count = 3 * MAX_HEADER_BYTES // len(one)
+        last = b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = _raw_request(server.port, one * count + last)
+        assert answer.count(b"HTTP/1.1 200 ") == count + 1, answer[:300]

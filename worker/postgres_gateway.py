@@ -21,11 +21,11 @@ from worker.gateway import DatabaseError, GatewayUnavailable
 
 log = structlog.get_logger(__name__)
 
-# How long a call may wait for a pooled connection, when shorter than the gateway's own
-# timeout: the HTTP service sets it per request (api/app.py), so that an outage answers
-# a request within seconds while the job runner keeps waiting patiently.
 PING_TIMEOUT_SECONDS = 2.0
-SESSION_CHECK_SECONDS = 5.0
+SESSION_CHECK_SECONDS = 5.0  # how often the liveness session is used, to notice its loss
+# How long a call may wait for a pooled connection, when shorter than the gateway's own
+# timeout: the HTTP service sets it per request (api/limits.py), so that an outage answers
+# a request within seconds while the job runner keeps waiting patiently.
 ACQUIRE_TIMEOUT: ContextVar[float | None] = ContextVar("acquire_timeout", default=None)
 
 
