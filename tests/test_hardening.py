@@ -637,3 +637,19 @@ def test_pipelined_requests_beyond_the_header_budget_are_all_answered(tmp_path: 
         last = b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         answer = _raw_request(server.port, one * count + last)
         assert answer.count(b"HTTP/1.1 200 ") == count + 1, answer[:300]
+
+
+def test_imagegen_serve_runs_the_limited_protocol(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """`imagegen serve` and `api` hand uvicorn the protocol with the header limits."""
+    import uvicorn
+
+    import api.cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    monkeypatch.setattr("worker.logs.configure_logging", lambda *args: None)  # left as is
+    settings = Settings(database_url=database_url, supabase_url="http://127.0.0.1:9")
+    api.cli._serve(settings, run_jobs=False)
+    assert seen["http"].__name__ == "LimitedHttpToolsProtocol"
