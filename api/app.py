@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
 from api.docs import install_docs
+from api.limits import RequestLimits
 from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.generation import run_prediction
@@ -43,6 +45,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "authorization, x-client-info, apikey, content-type",
 }
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other; our bodies need 2
 FUNCTIONS = "/functions/v1"
 
 HTTP_LATENCY = Histogram(
@@ -69,12 +72,19 @@ class ClientError(Exception):
 # Admission control's refusals (sql/0001_baseline.sql, section 7): SQLSTATE -> (status,
 # Retry-After).
 REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
+OUTAGE_RETRY_AFTER = "5"  # the database unreachable: the pool reconnects within seconds
 
 
 # The SQL parameter types: a number beyond them is the caller's error (400), not a
 # missing function signature (503). The model's own limits are the database's to check.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def is_blank(text: str) -> bool:
+    """Nothing but separators (Z*: spaces, NBSP), controls and format characters (C*:
+    zero-width space, BOM, joiners): what shows as nothing."""
+    return all(char.isspace() or unicodedata.category(char)[0] in "CZ" for char in text)
 
 
 class GenerationBody(BaseModel):
@@ -109,6 +119,15 @@ class GenerationBody(BaseModel):
                 raise ValueError("must not contain NUL characters")
         return value
 
+    @field_validator("prompt")
+    @classmethod
+    def _visible_prompt(cls, value: str) -> str:
+        """A prompt of only invisible characters is empty to the model (the SQL check
+        sees only whitespace, not NBSP, zero-width spaces or a BOM)."""
+        if is_blank(value):
+            raise ValueError("prompt is required (it has no visible character)")
+        return value
+
     def fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(GenerationBody.model_fields))
 
@@ -136,10 +155,7 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise ClientError(413, "Request body too large")
-    try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClientError(400, "Request body must be JSON") from exc
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ClientError(400, "Request body must be a JSON object")
     try:
@@ -148,6 +164,52 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         raise ClientError(400, f"{field}: {first['msg']}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or a 400 that says what is wrong with it."""
+    try:
+        text = raw.decode("utf-8-sig") if raw else "{}"
+    except UnicodeDecodeError as exc:
+        raise ClientError(400, f"Request body must be UTF-8 JSON (byte {exc.start})") from exc
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise ClientError(400, f"Request body nests more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise ClientError(400, f"Request body must be JSON ({exc.msg} at {exc.pos})") from exc
+    except ValueError as exc:  # NaN, Infinity, an integer of over 4300 digits
+        raise ClientError(400, f"Request body must be JSON ({exc})") from exc
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest, counted before parsing (the parser would recurse
+    once a level); brackets inside strings do not count."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return 0  # the common case: too few brackets to go too deep, no scan needed
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return depth
+        elif char in "]}":
+            depth -= 1
+    return depth
 
 
 @dataclass
@@ -185,7 +247,11 @@ def _database_failure(exc: DatabaseError | GatewayUnavailable) -> ClientError:
         status, retry_after = REFUSALS[exc.sqlstate]
         return ClientError(status, exc.message, {"Retry-After": _retry_after(exc, retry_after)})
     log.error("database call failed", error=str(exc))
-    return ClientError(503, "The service is temporarily unavailable, please retry")
+    return ClientError(
+        503,
+        "The service is temporarily unavailable, please retry",
+        {"Retry-After": OUTAGE_RETRY_AFTER},
+    )
 
 
 def _retry_after(exc: DatabaseError, default: str) -> str:
@@ -543,11 +609,10 @@ def create_app(
     *,
     run_jobs: bool = True,
     storage_root: Path | None = None,
-    simulator: Any = None,
 ) -> FastAPI:
     """`run_jobs`: also run the job runner in this process (`imagegen serve`).
     `storage_root`: serve a local Supabase-Storage-compatible store at /storage/v1.
-    `simulator`: an ASGI Replicate simulator to serve at /replicate."""
+    No Replicate simulator: only `imagegen dev` mounts one (api/dev.py), never `serve`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -610,9 +675,15 @@ def create_app(
             "/storage/v1",
             create_storage_app(storage_root, key.get_secret_value() if key else ""),
         )
-    if simulator is not None:
-        app.mount("/replicate", simulator)
-
+    # Inside EdgeMiddleware, so that its refusals carry CORS headers and are counted.
+    app.add_middleware(
+        RequestLimits,
+        prefix=FUNCTIONS,
+        per_client=settings.max_requests_in_flight_per_client,
+        max_body_bytes=MAX_BODY_BYTES,
+        acquire_timeout=settings.database_request_timeout_seconds,
+        patient=(f"{FUNCTIONS}/process-jobs",),
+    )
     app.add_middleware(EdgeMiddleware)
 
     @app.exception_handler(ClientError)

@@ -19,11 +19,20 @@ from api.local_postgres import free_port
 class BackgroundServer:
     """`with BackgroundServer(app) as server:` serves `app` at `server.url` until exit."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int | None = None, **options: Any
+    ) -> None:
+        """`options`: more uvicorn.Config arguments (e.g. api.limits.uvicorn_options())."""
         self.host = host
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host=host, port=self.port, log_level="warning", lifespan="auto", access_log=False
+            app,
+            host=host,
+            port=self.port,
+            log_level="warning",
+            lifespan="auto",
+            access_log=False,
+            **options,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="background-server")

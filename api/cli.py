@@ -72,6 +72,7 @@ def _serve(settings: Settings, **app_options: Any) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.limits import uvicorn_options
     from worker.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -82,6 +83,7 @@ def _serve(settings: Settings, **app_options: Any) -> None:
         log_level="warning",
         log_config=None,  # uvicorn's lines go through configure_logging's handler
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        **uvicorn_options(),  # the header limits (api/limits.py)
     )
 
 

@@ -307,9 +307,24 @@ def dev_settings(
         values |= {
             "replicate_base_url": f"{base}/replicate/v1",
             "replicate_api_token": secrets.token_urlsafe(24),
+            # The simulator serves outputs from this loopback origin, which nothing else may.
+            "output_private_origins": base,
         }
     # Explicit values win over the environment, which still fills in everything else.
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def dev_simulator(settings: Settings, state: DevState) -> Any:
+    """The Replicate simulator `make dev` mounts at /replicate: its API takes only this
+    run's Replicate token, its controls only the dev secret (the worker secret)."""
+    from worker.simulator import SimulatorConfig, create_simulator_app
+
+    token = settings.replicate_api_token
+    return create_simulator_app(
+        SimulatorConfig(latency_seconds=SIMULATED_SECONDS),
+        api_token=token.get_secret_value() if token else None,
+        control_secret=state.worker_secret,
+    )
 
 
 def dev_token(state: DevState, supabase_url: str, ttl_seconds: int = 7 * 24 * 3600) -> str:
@@ -389,8 +404,8 @@ def run(host: str, port: int) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.limits import uvicorn_options
     from worker.logs import configure_logging
-    from worker.simulator import SimulatorConfig, create_simulator_app
 
     root = local_dir()
     base = f"http://{host}:{port}"
@@ -412,14 +427,9 @@ def run(host: str, port: int) -> None:
             _write_private(root / TOKEN_FILE, dev_token(state, base))
             real = bool(os.environ.get("REPLICATE_API_TOKEN"))
             configure_logging(settings.log_level, settings.log_format)
-            app = create_app(
-                settings,
-                run_jobs=True,
-                storage_root=root / "storage",
-                simulator=None
-                if real
-                else create_simulator_app(SimulatorConfig(latency_seconds=SIMULATED_SECONDS)),
-            )
+            app = create_app(settings, run_jobs=True, storage_root=root / "storage")
+            if not real:
+                app.mount("/replicate", dev_simulator(settings, state))
             add_home_page(app, cluster.url(), state.user_id)
             say(_banner(settings, root, cluster, schedule, real))
             server = _DrainFirstServer(
@@ -430,6 +440,7 @@ def run(host: str, port: int) -> None:
                     log_level="warning",
                     log_config=None,  # uvicorn's lines go through our logging setup
                     timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+                    **uvicorn_options(),  # the header limits (api/limits.py)
                 ),
                 grace_seconds=settings.shutdown_grace_seconds + 10,
                 database_url=cluster.url(),

@@ -2,8 +2,10 @@
 
 The embedded default mounts it at `/storage/v1`; the tests serve it as Storage's
 stand-in. Objects live under `<root>/objects/<bucket>/<key>`, their content type and
-checksum under `<root>/meta/<bucket>/<key>.json`. Uploads are streamed to a temporary
-file and renamed into place, so a reader never sees half an object.
+checksum under `<root>/meta/<bucket>/<sha256 of key>.json` (flat, so no key's metadata
+can collide with another key's folder). Uploads are streamed to a temporary file; the
+metadata is written first, then the object renamed into place: a failed upload leaves
+neither, and a reader never sees half an object.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def _no_bucket() -> StorageFailure:
     return StorageFailure(404, "Bucket not found", "Bucket not found")
 
 
+def _collision() -> StorageFailure:
+    return StorageFailure(400, "Invalid Key", "The key collides with a folder of that name")
+
+
 def _duplicate() -> StorageFailure:
     # Storage answers a duplicate with HTTP 400 and statusCode "409".
     return StorageFailure(400, "Duplicate", "The resource already exists", code=409)
@@ -75,6 +81,11 @@ class Store:
         return self.root / "objects" / bucket / key
 
     def meta_path(self, bucket: str, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / "meta" / bucket / f"{digest}.json"
+
+    def legacy_meta_path(self, bucket: str, key: str) -> Path:
+        """Where stores written before the flat layout keep an object's metadata."""
         return self.root / "meta" / bucket / f"{key}.json"
 
     def bucket_path(self, bucket: str) -> Path:
@@ -113,6 +124,10 @@ def create_storage_app(
                 return await endpoint(store, request)
             except StorageFailure as failure:
                 return failure.response()
+            except (NotADirectoryError, IsADirectoryError, FileExistsError):
+                return _collision().response()  # a key and a folder of the same name
+            except OSError as exc:
+                return StorageFailure(500, "Internal", f"storage error ({exc.strerror})").response()
 
         return run
 
@@ -123,6 +138,8 @@ def create_storage_app(
         Route("/object/public/{bucket}/{key:path}", handle(public_download), methods=["GET"]),
         Route("/object/authenticated/{bucket}/{key:path}", handle(download), methods=["GET"]),
         Route("/object/info/{bucket}/{key:path}", handle(object_info), methods=["GET"]),
+        # Before the upload route, which would take `list` for a bucket (as Storage routes).
+        Route("/object/list/{bucket}", handle(list_objects), methods=["POST"]),
         Route("/object/{bucket}", handle(remove_objects), methods=["DELETE"]),
         Route("/object/{bucket}/{key:path}", handle(upload), methods=["POST", "PUT"]),
         Route("/object/{bucket}/{key:path}", handle(download), methods=["GET"]),
@@ -345,24 +362,49 @@ async def _receive(request: Request, spool: _Spool) -> tuple[str | None, dict[st
 def _commit(
     store: Store, bucket: str, key: str, temp: Path, meta: dict[str, Any], upsert: bool
 ) -> bool:
-    """Move the spooled file into place (atomically); False when it exists and may not
-    be overwritten."""
+    """Put the spooled file and its metadata in place, both or neither; False when the
+    object exists and may not be overwritten."""
     target = store.object_path(bucket, key)
+    meta_path = store.meta_path(bucket, key)
+    _check_folders(store.root / "objects" / bucket, key)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        if upsert:
-            os.replace(temp, target)
-        else:
+    except (NotADirectoryError, FileExistsError):
+        raise _collision() from None
+    if target.is_dir():
+        raise _collision()
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, meta_temp = tempfile.mkstemp(dir=store.root / "tmp")
+    with os.fdopen(fd, "w") as file:
+        json.dump(meta, file)
+    try:
+        if not upsert:
             try:
                 os.link(temp, target)  # fails if the object exists: no check-then-write race
             except FileExistsError:
                 return False
-        meta_path = store.meta_path(bucket, key)
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(store, meta_path, meta)
-    except (NotADirectoryError, IsADirectoryError, FileExistsError):
-        raise StorageFailure(400, "Invalid Key", "The key collides with a folder") from None
+            os.replace(meta_temp, meta_path)
+            return True
+        # The metadata first: a reader meanwhile sees the old bytes with the new type at
+        # worst, never an object without metadata.
+        os.replace(meta_temp, meta_path)
+        try:
+            os.replace(temp, target)
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            meta_path.unlink(missing_ok=True)
+            raise _collision() from exc
+    finally:
+        Path(meta_temp).unlink(missing_ok=True)
     return True
+
+
+def _check_folders(base: Path, key: str) -> None:
+    """Every folder on the key's way must be a folder, not an object (`a/x` after `a`)."""
+    path = base
+    for part in key.split("/")[:-1]:
+        path = path / part
+        if path.exists() and not path.is_dir():
+            raise _collision()
 
 
 def _write_json(store: Store, path: Path, data: dict[str, Any]) -> None:
@@ -387,13 +429,13 @@ def _create_json(store: Store, path: Path, data: dict[str, Any]) -> bool:
 
 
 async def _meta(store: Store, bucket: str, key: str) -> dict[str, Any]:
-    try:
-        meta: dict[str, Any] = json.loads(
-            await anyio.Path(store.meta_path(bucket, key)).read_text()
-        )
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        meta = {}
-    return meta
+    for path in (store.meta_path(bucket, key), store.legacy_meta_path(bucket, key)):
+        try:
+            meta: dict[str, Any] = json.loads(await anyio.Path(path).read_text())
+            return meta
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+            continue
+    return {}
 
 
 async def public_download(store: Store, request: Request) -> Response:
@@ -424,6 +466,8 @@ async def _serve(store: Store, request: Request, bucket: str, key: str) -> Respo
         "content-type": meta.get("content_type") or "application/octet-stream",
         "cache-control": f"max-age={meta.get('cache_control') or 3600}",
         "last-modified": formatdate(stat.st_mtime, usegmt=True),
+        # Served as the type it was stored with, never as what a browser guesses.
+        "x-content-type-options": "nosniff",
     }
     if meta.get("etag"):
         headers["etag"] = f'"{meta["etag"]}"'
@@ -465,6 +509,70 @@ async def object_info(store: Store, request: Request) -> Response:
     )
 
 
+async def list_objects(store: Store, request: Request) -> Response:
+    """storage3's `list(path, options)`: the files and folders directly in `prefix`,
+    in Storage's reply shape (a folder has no id and no metadata)."""
+    _authorize(store, request)
+    bucket = _bucket_id(request.path_params["bucket"])
+    await _bucket(store, bucket)
+    body = await _json_body(request)
+    prefix = str(body.get("prefix") or "").strip("/")
+    limit, offset = body.get("limit", 100), body.get("offset", 0)
+    if not isinstance(limit, int) or not isinstance(offset, int) or limit < 0 or offset < 0:
+        raise StorageFailure(400, "Invalid Input", "limit and offset must be integers >= 0")
+    sort = body["sortBy"] if isinstance(body.get("sortBy"), dict) else {}
+    search = str(body.get("search") or "")
+    folder = store.root / "objects" / bucket
+    if prefix:
+        folder = folder / _object_key(prefix)
+    entries = await to_thread.run_sync(_entries, folder, search)
+    descending = str(sort.get("order", "asc")).lower() == "desc"
+    entries.sort(key=lambda entry: entry[0], reverse=descending)
+    listed = []
+    for name, stat in entries[offset : offset + limit]:
+        if stat is None:
+            listed.append(dict.fromkeys(_LISTED, None) | {"name": name})
+            continue
+        key = f"{prefix}/{name}" if prefix else name
+        meta = await _meta(store, bucket, key)
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()
+        listed.append(
+            {
+                "name": name,
+                "id": meta.get("id"),
+                "updated_at": modified,
+                "created_at": meta.get("created_at", modified),
+                "last_accessed_at": modified,
+                "metadata": {
+                    "eTag": f'"{meta.get("etag", "")}"',
+                    "size": stat.st_size,
+                    "mimetype": meta.get("content_type") or "application/octet-stream",
+                    "cacheControl": f"max-age={meta.get('cache_control') or 3600}",
+                    "lastModified": modified,
+                    "contentLength": stat.st_size,
+                    "httpStatusCode": 200,
+                },
+            }
+        )
+    return JSONResponse(listed)
+
+
+_LISTED = ("name", "id", "updated_at", "created_at", "last_accessed_at", "metadata")
+
+
+def _entries(folder: Path, search: str) -> list[tuple[str, os.stat_result | None]]:
+    """(name, stat) of each file in `folder`, (name, None) of each subfolder."""
+    try:
+        children = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [
+        (child.name, None if child.is_dir() else child.stat())
+        for child in children
+        if child.name.startswith(search)
+    ]
+
+
 async def remove_objects(store: Store, request: Request) -> Response:
     _authorize(store, request)
     bucket = _bucket_id(request.path_params["bucket"])
@@ -485,6 +593,7 @@ def _remove(store: Store, bucket: str, keys: list[str]) -> list[str]:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         store.meta_path(bucket, key).unlink(missing_ok=True)
+        store.legacy_meta_path(bucket, key).unlink(missing_ok=True)
         removed.append(key)
     return removed
 

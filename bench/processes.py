@@ -156,6 +156,7 @@ def service_env(database_url: str, stand: StandIns, **settings: Any) -> dict[str
         "supabase_jwt_secret": JWT_SECRET,
         "replicate_base_url": f"{stand.url}/replicate/v1",
         "replicate_api_token": "r8_bench_token_for_the_simulator",
+        "output_private_origins": stand.url,  # the simulator's outputs are on loopback
         "worker_secret": WORKER_SECRET,
         "log_format": "json",  # as in production (the level stays the default, info)
     } | settings

@@ -23,6 +23,8 @@ BENCHMARKS = (
     "accept_path",
     "generation_throughput",
     "scale_out",
+    "crash_recovery",
+    "flood",
 )
 
 

@@ -667,6 +667,13 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.worker_lock_key(p_worker_id text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    select hashtextextended('imagegen.worker:' || p_worker_id, 0)
+$$;
+
 CREATE FUNCTION net.http_post(url text, body jsonb DEFAULT '{}'::jsonb, params jsonb DEFAULT '{}'::jsonb, headers jsonb DEFAULT '{"Content-Type": "application/json"}'::jsonb, timeout_milliseconds integer DEFAULT 5000) RETURNS bigint
     LANGUAGE plpython3u
     AS $_$
@@ -1513,6 +1520,29 @@ CREATE FUNCTION public.queue_depth() RETURNS TABLE(job_type text, status text, c
     group by job_type, status
 $$;
 
+CREATE FUNCTION public.reclaim_dead_workers() RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with dead as (
+        delete from imagegen.worker_sessions s
+        where (s.registered_at > pg_postmaster_start_time()
+               or now() > pg_postmaster_start_time() + interval '1 minute')
+          -- Free for this transaction only when no session holds it: its worker is gone.
+          and pg_try_advisory_xact_lock(s.lock_key)
+        returning s.worker_id
+    ),
+    freed as (
+        update job_queue j
+        set locked_until = now(), updated_at = now()
+        where j.status = 'processing'
+          and j.locked_by in (select worker_id from dead)
+          and j.locked_until > now()
+        returning j.id
+    )
+    select count(*)::integer from freed
+$$;
+
 CREATE FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1537,6 +1567,27 @@ begin
     return false;
 exception when unique_violation then
     return false;
+end
+$$;
+
+CREATE FUNCTION public.register_worker(p_worker_id text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_key bigint := imagegen.worker_lock_key(p_worker_id);
+begin
+    if p_worker_id is null or p_worker_id = '' then
+        perform imagegen.invalid('worker_id', 'worker_id is required');
+    end if;
+    if not pg_try_advisory_lock(v_key) then
+        return false;
+    end if;
+    insert into imagegen.worker_sessions (worker_id, lock_key)
+    values (p_worker_id, v_key)
+    on conflict (worker_id) do update
+        set lock_key = excluded.lock_key, registered_at = now();
+    return true;
 end
 $$;
 
@@ -1783,6 +1834,12 @@ CREATE TABLE imagegen.settings (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE imagegen.worker_sessions (
+    worker_id text NOT NULL,
+    lock_key bigint NOT NULL,
+    registered_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE net._http_response (
     id bigint NOT NULL,
     status_code integer,
@@ -1922,6 +1979,9 @@ ALTER TABLE ONLY imagegen.queue_depth_sample
 
 ALTER TABLE ONLY imagegen.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
+
+ALTER TABLE ONLY imagegen.worker_sessions
+    ADD CONSTRAINT worker_sessions_pkey PRIMARY KEY (worker_id);
 
 ALTER TABLE ONLY net._http_response
     ADD CONSTRAINT _http_response_pkey PRIMARY KEY (id);
@@ -2186,6 +2246,8 @@ REVOKE ALL ON FUNCTION imagegen.stamp_ended_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.stop_failed_generation() FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.worker_lock_key(p_worker_id text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) TO service_role;
 
@@ -2287,8 +2349,14 @@ GRANT ALL ON FUNCTION public.prune_finished_jobs(p_older_than interval) TO servi
 REVOKE ALL ON FUNCTION public.queue_depth() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.queue_depth() TO service_role;
 
+REVOKE ALL ON FUNCTION public.reclaim_dead_workers() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.reclaim_dead_workers() TO service_role;
+
 REVOKE ALL ON FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.record_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.register_worker(p_worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.register_worker(p_worker_id text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) TO service_role;

@@ -47,6 +47,7 @@ class Stack:
             "poll_interval_seconds": 0.5,
             "lease_seconds": 30,
             "replicate_wait_seconds": 1,
+            "output_private_origins": self.url,  # the simulator's outputs are on loopback
         }
         return Settings(**(values | overrides))
 

@@ -69,6 +69,7 @@ def spawn_worker(settings: Settings, log_file: Path, **env: str) -> subprocess.P
         "SUPABASE_SERVICE_ROLE_KEY": key.get_secret_value() if key else "",
         "REPLICATE_BASE_URL": settings.replicate_base_url,
         "REPLICATE_API_TOKEN": "r8_test_token_for_the_simulator",
+        "OUTPUT_PRIVATE_ORIGINS": settings.output_private_origins or "",
         "LOG_FORMAT": "json",
         **env,
     }

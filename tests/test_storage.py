@@ -289,3 +289,80 @@ async def test_without_a_configured_key_nobody_writes(tmp_path: Path) -> None:
     with BackgroundServer(Starlette(routes=[Mount("/storage/v1", app)])) as background:
         refused = await upload_error(background.url, key="any-key")
         assert (refused.retryable, "403" in str(refused)) == (False, True)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(("first", "second"), [("a", "a/x"), ("a/x", "a"), ("a/b", "a/b/c/d")])
+@pytest.mark.parametrize("upsert", ["true", "false"])
+async def test_a_key_and_a_folder_of_one_name_collide_cleanly(
+    server: BackgroundServer, root: Path, first: str, second: str, upsert: str
+) -> None:
+    """The second upload is a 4xx JSON error and leaves nothing; both still read back."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        bucket = AsyncStorageClient(f"{server.url}/storage/v1/", auth(), http_client=http).from_(
+            BUCKET
+        )
+        options = {"content-type": "image/png", "x-upsert": upsert}
+        await bucket.upload(first, b"first", options)  # type: ignore[arg-type]
+        before = _files(root)
+        with pytest.raises(StorageApiError) as refused:
+            await bucket.upload(second, b"second", options)  # type: ignore[arg-type]
+        assert 400 <= int(refused.value.status) < 500, refused.value
+        assert _files(root) == before  # nothing written: no object without metadata
+        assert await bucket.download(first) == b"first"
+        reply = await http.get(f"{server.url}/storage/v1/object/public/{BUCKET}/{second}")
+        assert reply.status_code == 404 and reply.json()["error"] == "not_found"
+        info = await http.get(
+            f"{server.url}/storage/v1/object/info/{BUCKET}/{first}", headers=auth()
+        )
+        assert info.json()["content_type"] == "image/png"
+
+
+async def test_metadata_never_collides_with_a_key(server: BackgroundServer) -> None:
+    """`a`'s metadata once lived at `a.json`, the folder `a.json/x` needs."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        bucket = AsyncStorageClient(f"{server.url}/storage/v1/", auth(), http_client=http).from_(
+            BUCKET
+        )
+        await bucket.upload("a", b"a", {"content-type": "image/png"})
+        await bucket.upload("a.json/x", b"x", {"content-type": "image/webp"})
+        for key, content_type in (("a", "image/png"), ("a.json/x", "image/webp")):
+            reply = await http.get(f"{server.url}/storage/v1/object/public/{BUCKET}/{key}")
+            assert reply.headers["content-type"] == content_type
+
+
+async def test_list_lists_and_uploads_nothing(server: BackgroundServer, root: Path) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:
+        client = AsyncStorageClient(f"{server.url}/storage/v1/", auth(), http_client=http)
+        bucket = client.from_(BUCKET)
+        await bucket.upload("u1/b.png", b"bb", {"content-type": "image/png"})
+        await bucket.upload("u1/a.webp", b"a", {"content-type": "image/webp"})
+        await bucket.upload("u1/sub/c.png", b"c", {"content-type": "image/png"})
+        listed = await bucket.list("u1")
+        assert [entry["name"] for entry in listed] == ["a.webp", "b.png", "sub"]
+        a, _b, sub = listed
+        assert a["id"] and a["metadata"]["mimetype"] == "image/webp"
+        assert a["metadata"]["size"] == 1
+        assert sub["id"] is None and sub["metadata"] is None
+        assert [e["name"] for e in await bucket.list()] == ["u1"]
+        assert [e["name"] for e in await bucket.list("u1", {"limit": 1, "offset": 1})] == ["b.png"]
+        assert [e["name"] for e in await bucket.list("u1", {"search": "b"})] == ["b.png"]
+        assert await bucket.list("nobody") == []
+        assert [b.name for b in await client.list_buckets()] == [BUCKET]  # no bucket "list"
+    assert not (root / "objects" / "list").exists()
+
+
+async def test_stored_objects_are_served_nosniff(raw: httpx.AsyncClient) -> None:
+    upload = await raw.post(
+        f"/object/{BUCKET}/u/x.svg",
+        content=b"<svg/>",
+        headers=auth() | {"Content-Type": "image/svg+xml"},
+    )
+    assert upload.status_code == 200
+    for path in (f"/object/public/{BUCKET}/u/x.svg", f"/object/{BUCKET}/u/x.svg"):
+        reply = await raw.get(path, headers=auth())
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["content-type"] == "image/svg+xml"

@@ -210,6 +210,7 @@ def _worker_process(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
         else "",
         "REPLICATE_BASE_URL": settings.replicate_base_url,
         "REPLICATE_API_TOKEN": "r8_test_token_for_the_simulator",
+        "OUTPUT_PRIVATE_ORIGINS": settings.output_private_origins or "",
         "POLL_INTERVAL_SECONDS": "0.5",
         "LOG_FORMAT": "json",
         **env,

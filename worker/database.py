@@ -231,6 +231,10 @@ class Database:
             )
         )
 
+    async def reclaim_dead_workers(self) -> int:
+        """End the leases of workers whose session is gone (sql/0040); jobs freed."""
+        return int(await self._scalar("reclaim_dead_workers") or 0)
+
     async def release_jobs(self, worker_id: str, job_ids: Sequence[uuid.UUID]) -> int:
         return int(
             await self._scalar("release_jobs", p_worker_id=worker_id, p_job_ids=list(job_ids)) or 0

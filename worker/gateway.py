@@ -53,6 +53,13 @@ class Gateway(Protocol):
         needed. Gateways that cannot listen return at once (the runner then polls)."""
         ...
 
+    async def hold_session(self, worker_id: str) -> None:
+        """Hold the worker's liveness lock (`register_worker`, sql/0040) on a session of
+        its own until cancelled, registering again after a reconnect, so that other
+        workers take its jobs over as soon as it dies. Gateways without sessions return
+        at once (the lease alone then tells a dead worker)."""
+        ...
+
     async def ping(self) -> bool:
         """Whether the database answers now."""
         ...

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from worker.errors import JobError, PermanentJobError
-from worker.images import ImageInfo, inspect_image
+from worker.images import ImageInfo, inspect_image, sanitize_svg
 from worker.models import (
     CONTENT_TYPES,
     GenerationParams,
@@ -27,6 +27,7 @@ from worker.models import (
     takes_source_image,
 )
 from worker.replicate import (
+    OutputPolicy,
     Prediction,
     PredictionNotFound,
     ReplicateClient,
@@ -268,6 +269,7 @@ async def store_output(
             spool,
             max_bytes=settings.max_image_bytes,
             timeout=settings.http_timeout_seconds,
+            policy=output_policy(settings),
         )
         info = inspect_image(spool)
         declared = (download.content_type or "").split(";")[0].strip().lower()
@@ -275,10 +277,21 @@ async def store_output(
             raise PermanentJobError(
                 f"The model's output is {info.format} but was served as {declared}"
             )
+        size = download.size
+        if info.format == "svg":
+            size = sanitize_svg(spool)
+            info = inspect_image(spool)
         path = _with_extension(storage_path, info.format)
         spool.seek(0)
         await storage.upload(path, spool, CONTENT_TYPES[info.format])
-    return StoredImage(path, storage.public_url(path), download.size, info)
+    return StoredImage(path, storage.public_url(path), size, info)
+
+
+def output_policy(settings: Settings) -> OutputPolicy:
+    """Where this deployment's output downloads may go (worker.replicate.OutputPolicy)."""
+    return OutputPolicy(
+        hosts=settings.output_host_list, private_origins=settings.output_private_origin_set
+    )
 
 
 def _with_extension(path: str, fmt: str) -> str:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import py_svg_hush
 from PIL import Image, UnidentifiedImageError
 
 from worker.errors import PermanentJobError
@@ -54,3 +55,19 @@ def _svg_info(root: bytes) -> ImageInfo:
     if width <= 0 or height <= 0:
         raise PermanentJobError("The model returned an SVG without a size")
     return ImageInfo("svg", width, height)
+
+
+def sanitize_svg(spool: BinaryIO) -> int:
+    """Rewrite the SVG in `spool` without scripts, event handlers, external references
+    or anything else svg-hush does not know to be inert; returns its new size. Stored
+    SVGs are served from our storage's origin, where a script would run as ours."""
+    spool.seek(0)
+    try:
+        clean = py_svg_hush.filter_svg(spool.read())
+    except ValueError as exc:  # malformed XML, or not XML at all
+        raise PermanentJobError("The model returned an SVG that is not well-formed") from exc
+    spool.seek(0)
+    spool.truncate()
+    spool.write(clean)
+    spool.seek(0)
+    return len(clean)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -18,6 +20,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from worker.gateway import DatabaseError, GatewayUnavailable
 
 log = structlog.get_logger(__name__)
+
+PING_TIMEOUT_SECONDS = 2.0
+SESSION_CHECK_SECONDS = 5.0  # how often the liveness session is used, to notice its loss
+# How long a call may wait for a pooled connection, when shorter than the gateway's own
+# timeout: the HTTP service sets it per request (api/limits.py), so that an outage answers
+# a request within seconds while the job runner keeps waiting patiently.
+ACQUIRE_TIMEOUT: ContextVar[float | None] = ContextVar("acquire_timeout", default=None)
 
 
 @lru_cache(maxsize=256)
@@ -45,6 +54,8 @@ class PostgresGateway:
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 10.0) -> None:
         self._url = url
         self._timeout = timeout
+        self._ping_conn: psycopg.AsyncConnection[Any] | None = None
+        self._ping_lock = asyncio.Lock()
         self._pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -61,15 +72,16 @@ class PostgresGateway:
     async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         statement = _statement(function, tuple(args))
         params = {name: _adapt(value) for name, value in args.items()}
+        timeout = min(self._timeout, ACQUIRE_TIMEOUT.get() or self._timeout)
         try:
             async with (
-                self._pool.connection() as conn,
+                self._pool.connection(timeout=timeout) as conn,
                 conn.cursor(row_factory=dict_row) as cursor,
             ):
                 await cursor.execute(statement, params)
                 return await cursor.fetchall()
         except PoolTimeout as exc:
-            raise GatewayUnavailable(f"no database connection within {self._timeout}s") from exc
+            raise GatewayUnavailable(f"no database connection within {timeout}s") from exc
         except psycopg.OperationalError as exc:
             raise GatewayUnavailable(f"database unavailable: {exc.sqlstate or exc}") from exc
         except psycopg.Error as exc:
@@ -99,13 +111,53 @@ class PostgresGateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def hold_session(self, worker_id: str) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=int(self._timeout)
+                ) as conn:
+                    cursor = await conn.execute("select public.register_worker(%s)", (worker_id,))
+                    row = await cursor.fetchone()
+                    if row and row[0]:
+                        log.info("worker registered", worker_id=worker_id)
+                        delay = 0.1
+                        while True:  # a query now and then notices a lost connection
+                            await asyncio.sleep(SESSION_CHECK_SECONDS)
+                            await conn.execute("select 1")
+                    log.warning(
+                        "worker id held by another session; lease only", worker_id=worker_id
+                    )
+                    delay = 2.0
+            except psycopg.Error as exc:
+                log.warning("worker session lost", error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     async def ping(self) -> bool:
-        try:
-            async with self._pool.connection(timeout=2) as conn:
-                await conn.execute("select 1")
-            return True
-        except (psycopg.Error, PoolTimeout):
-            return False
+        """On a connection of its own, not the pool's: /health must answer while a flood
+        of requests queues for the pool."""
+        async with self._ping_lock:
+            try:
+                async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                    if self._ping_conn is None or self._ping_conn.closed:
+                        self._ping_conn = await psycopg.AsyncConnection.connect(
+                            self._url, autocommit=True, connect_timeout=int(PING_TIMEOUT_SECONDS)
+                        )
+                    await self._ping_conn.execute("select 1")
+                return True
+            except (psycopg.Error, TimeoutError):
+                await self._close_ping()
+                return False
+
+    async def _close_ping(self) -> None:
+        conn, self._ping_conn = self._ping_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     async def close(self) -> None:
+        async with self._ping_lock:
+            await self._close_ping()
         await self._pool.close()

@@ -62,6 +62,10 @@ class PostgrestGateway:
         """PostgREST cannot LISTEN: return at once and let the runner poll."""
         return None
 
+    async def hold_session(self, worker_id: str) -> None:
+        """PostgREST has no session that outlives a call: the lease alone tells."""
+        return None
+
     async def ping(self) -> bool:
         try:
             await self._client.table("models").select("id").limit(1).execute()

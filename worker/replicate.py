@@ -23,6 +23,17 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from worker.source_image import (
+    MAX_REDIRECTS,
+    AddressPolicy,
+    IPAddress,
+    Resolver,
+    _Target,
+    _vet,
+    is_public_address,
+    resolve_host,
+)
+
 log = structlog.get_logger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
@@ -30,6 +41,7 @@ MAX_RETRY_AFTER_SECONDS = 30.0
 POLL_FIRST_SECONDS = 0.5
 POLL_MAX_SECONDS = 5.0
 DOWNLOAD_CHUNK = 64 * 1024
+_REDIRECTS = {301, 302, 303, 307, 308}
 
 
 class ReplicateError(Exception):
@@ -88,6 +100,40 @@ class OutputExpired(ReplicateError):
 
 class OutputTooLarge(ReplicateError):
     pass
+
+
+class OutputRefused(ReplicateError):
+    """The output URL (or a redirect) leads where the worker must not fetch from."""
+
+
+def _any_address(_address: IPAddress) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """Where output downloads may go, checked on every redirect hop: a host of `hosts`
+    (or a subdomain of one; empty: any host) at public addresses only, or one of the
+    `private_origins` (`scheme://host:port`, the simulator's own) wherever it is."""
+
+    hosts: tuple[str, ...] = ()
+    private_origins: frozenset[str] = frozenset()
+    address_allowed: AddressPolicy = is_public_address
+    resolve: Resolver = resolve_host
+
+    async def vet(self, url: httpx.URL) -> _Target:
+        origin = f"{url.scheme}://{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+        if origin in self.private_origins:
+            return await _vet(url, _any_address, self.resolve, what=WHAT, error=OutputRefused)
+        host = url.host.lower().rstrip(".")
+        if self.hosts and not any(host == h or host.endswith(f".{h}") for h in self.hosts):
+            raise OutputRefused(f"{WHAT} is not on an allowed output host ({url.host})")
+        return await _vet(url, self.address_allowed, self.resolve, what=WHAT, error=OutputRefused)
+
+
+WHAT = "The output URL"
+# Tests and tools that download from anywhere (the worker always passes its own).
+UNRESTRICTED = OutputPolicy(address_allowed=_any_address)
 
 
 @dataclass(frozen=True)
@@ -317,16 +363,20 @@ class ReplicateClient:
         *,
         max_bytes: int,
         timeout: float,  # noqa: ASYNC109 -- one deadline for the whole download, applied inside
+        policy: OutputPolicy = UNRESTRICTED,
     ) -> Download:
         """Stream `url` into `dest` chunk by chunk; `timeout` bounds the whole download.
-        No Authorization header: output hosts do not need the token."""
+        Every hop must pass `policy`. No Authorization header: output hosts do not need
+        the token."""
         start = dest.tell()
         for attempt in range(self.max_retries + 1):
             dest.seek(start)
             dest.truncate()
             try:
                 async with asyncio.timeout(timeout):
-                    return await self._download_once(url, dest, max_bytes, http_timeout=timeout)
+                    return await self._download_once(
+                        url, dest, max_bytes, http_timeout=timeout, policy=policy
+                    )
             except (ReplicateTransientError, TimeoutError, httpx.TransportError) as exc:
                 if attempt >= self.max_retries:
                     raise _as_transient(exc, "Downloading the output") from exc
@@ -335,38 +385,54 @@ class ReplicateClient:
         raise AssertionError("unreachable")
 
     async def _download_once(
-        self, url: str, dest: BinaryIO, max_bytes: int, http_timeout: float
+        self, url: str, dest: BinaryIO, max_bytes: int, http_timeout: float, policy: OutputPolicy
     ) -> Download:
+        try:
+            current = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise OutputRefused(f"{WHAT} is not a valid URL") from exc
+        for _hop in range(MAX_REDIRECTS + 1):
+            target = await policy.vet(current)
+            response = await self._http.send(_pinned(self._http, target, http_timeout), stream=True)
+            try:
+                if response.status_code in _REDIRECTS:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise ReplicateError(f"{WHAT} redirects nowhere")
+                    current = current.join(location)
+                    continue
+                return await self._save(response, dest, max_bytes)
+            finally:
+                await response.aclose()
+        raise OutputRefused(f"{WHAT} redirects more than {MAX_REDIRECTS} times")
+
+    async def _save(self, response: httpx.Response, dest: BinaryIO, max_bytes: int) -> Download:
         too_large = OutputTooLarge(f"The output file is larger than {max_bytes} bytes")
-        async with self._http.stream(
-            "GET", url, timeout=http_timeout, follow_redirects=True
-        ) as response:
-            if response.status_code in (404, 410):
-                raise OutputExpired(
-                    "The output file is gone: Replicate deletes outputs an hour after the "
-                    "prediction",
-                    status_code=response.status_code,
-                )
-            if response.status_code >= 500 or response.status_code == 429:
-                raise ReplicateTransientError(
-                    f"The output host answered {response.status_code}",
-                    status_code=response.status_code,
-                )
-            if response.status_code != 200:
-                raise ReplicateError(
-                    f"The output host answered {response.status_code}",
-                    status_code=response.status_code,
-                )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+        if response.status_code in (404, 410):
+            raise OutputExpired(
+                "The output file is gone: Replicate deletes outputs an hour after the prediction",
+                status_code=response.status_code,
+            )
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ReplicateTransientError(
+                f"The output host answered {response.status_code}",
+                status_code=response.status_code,
+            )
+        if response.status_code != 200:
+            raise ReplicateError(
+                f"The output host answered {response.status_code}",
+                status_code=response.status_code,
+            )
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_large
+        size = 0
+        async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
                 raise too_large
-            size = 0
-            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large
-                dest.write(chunk)
-            return Download(response.headers.get("content-type"), size)
+            dest.write(chunk)
+        return Download(response.headers.get("content-type"), size)
 
     # Plumbing.
 
@@ -461,6 +527,19 @@ class ReplicateClient:
             return response.json()
         except ValueError as exc:
             raise ReplicateTransientError("Replicate answered with invalid JSON") from exc
+
+
+def _pinned(http: httpx.AsyncClient, target: _Target, timeout: float) -> httpx.Request:
+    """A GET to the vetted address, with the URL's own host for Host and TLS (SNI and
+    the certificate check), so DNS cannot send it elsewhere after the check."""
+    extensions = {"sni_hostname": target.url.host} if target.url.scheme == "https" else {}
+    return http.build_request(
+        "GET",
+        target.pinned_url(),
+        headers={"Host": target.url.netloc.decode("ascii"), "User-Agent": "imagegen"},
+        extensions=extensions,
+        timeout=timeout,
+    )
 
 
 def _as_transient(exc: BaseException, doing: str) -> ReplicateError:

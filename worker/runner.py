@@ -52,6 +52,7 @@ class Runner:
         shutdown_grace: float = 30.0,
         listen: bool = True,
         job_types: list[str] | None = None,
+        liveness_interval: float = 2.0,
     ) -> None:
         self.db = db
         self.handlers = dict(handlers)
@@ -63,6 +64,7 @@ class Runner:
         self.job_timeout = job_timeout
         self.shutdown_grace = shutdown_grace
         self.listen = listen
+        self.liveness_interval = liveness_interval
         # None claims every type, so unknown ones get failed instead of waiting forever.
         self.job_types = job_types
         self.stats = RunnerStats()
@@ -115,7 +117,10 @@ class Runner:
 
     async def run(self) -> None:
         self.alive = True
-        background = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._liveness_loop(), name="liveness"),
+        ]
         if self.listen:
             background.append(
                 asyncio.create_task(self.db.gateway.listen("job_queue", self.wake), name="listen")
@@ -239,6 +244,25 @@ class Runner:
                     # Taken over or cancelled: whatever this attempt does now cannot count.
                     log.warning("lease lost; cancelling job", job_id=str(job_id))
                     task.cancel()
+
+    async def _liveness_loop(self) -> None:
+        """Hold this worker's session lock; every `liveness_interval` free the jobs of
+        workers whose session ended (kill -9) and claim them at once."""
+        hold = asyncio.create_task(self.db.gateway.hold_session(self.worker_id), name="session")
+        try:
+            while True:
+                await asyncio.sleep(self.liveness_interval)
+                try:
+                    freed = await self.db.reclaim_dead_workers()
+                except (GatewayUnavailable, DatabaseError) as exc:
+                    log.warning("liveness check failed", error=str(exc))
+                    continue
+                if freed:
+                    log.info("taking over the jobs of a dead worker", jobs=freed)
+                    self.wake()
+        finally:
+            hold.cancel()
+            await asyncio.gather(hold, return_exceptions=True)
 
     async def _drain(self) -> None:
         if not self.running:

@@ -96,6 +96,7 @@ async def open_worker(settings: Settings) -> AsyncIterator[Worker]:
         job_timeout=settings.job_timeout_seconds,
         shutdown_grace=settings.shutdown_grace_seconds,
         listen=settings.listen_for_jobs,
+        liveness_interval=settings.liveness_check_seconds,
     )
     try:
         yield Worker(db, replicate, storage, runner)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPLICATE_API_HOST = "api.replicate.com"
+REPLICATE_DELIVERY_HOST = "replicate.delivery"  # where Replicate serves prediction outputs
 
 
 def _default_worker_id() -> str:
@@ -45,18 +49,51 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=120, ge=2)
     job_timeout_seconds: float = Field(default=900.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # How often a worker looks for dead workers' jobs (sql/0040_worker_liveness.sql).
+    liveness_check_seconds: float = Field(default=2.0, gt=0)
 
     # Storage and downloads.
     storage_bucket: str = "generated-images"
     max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_source_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     http_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Output downloads: comma-separated host names (each with its subdomains) they may
+    # come from; unset: Replicate's delivery domain when talking to Replicate, else any.
+    output_hosts: str | None = None
+    # Comma-separated origins (scheme://host:port) whose outputs may sit on a loopback or
+    # private address: the dev stack's and the tests' simulator. Unset: none may.
+    output_private_origins: str | None = None
 
     # The HTTP service.
+    # How long a request waits for a database connection before its 503 (an outage).
+    database_request_timeout_seconds: float = Field(default=1.5, gt=0)
+    # Requests in flight per client credential; past it a 429 before any database call.
+    max_requests_in_flight_per_client: int = Field(default=8, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def output_host_list(self) -> tuple[str, ...]:
+        if self.output_hosts is not None:
+            return tuple(
+                h.strip().lower().strip(".") for h in self.output_hosts.split(",") if h.strip()
+            )
+        if urlsplit(self.replicate_base_url).hostname == REPLICATE_API_HOST:
+            return (REPLICATE_DELIVERY_HOST,)
+        return ()
+
+    @property
+    def output_private_origin_set(self) -> frozenset[str]:
+        """The origins as `scheme://host:port`, the port spelled out."""
+        origins = set()
+        for value in (self.output_private_origins or "").split(","):
+            if value.strip():
+                parts = urlsplit(value.strip())
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                origins.add(f"{parts.scheme}://{parts.hostname}:{port}")
+        return frozenset(origins)
 
     @property
     def gateway(self) -> Literal["postgres", "postgrest"]:

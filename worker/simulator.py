@@ -16,6 +16,10 @@ cursor), `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel`, outputs
 `GET /files/{id}.{ext}` (no token needed, like replicate.delivery). Honours
 `Prefer: wait=N` and `Cancel-After`. Controls: `GET /_simulator/stats`,
 `POST /_simulator/reset`, `GET|POST /_simulator/config`.
+Started with `api_token`, the API takes only that bearer token; with `control_secret`,
+the controls take only that one (the dev stack sets both: a web page the developer
+opens must not reconfigure it). Control bodies must be `application/json`, so a
+cross-origin form or `text/plain` fetch cannot post one without a CORS preflight.
 Inputs are validated per model family (worker.models' table): 422 like Replicate.
 """
 
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import hmac
 import io
 import random
 import re
@@ -376,7 +381,20 @@ def _base_url(request: Request) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
+def _bearer_is(request: Request, expected: str | None) -> bool:
+    """The request's bearer token is `expected` (any non-empty one when None)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    return expected is None or hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+def create_simulator_app(
+    config: SimulatorConfig | None = None,
+    *,
+    api_token: str | None = None,
+    control_secret: str | None = None,
+) -> Starlette:
     sim = _Simulator(config or SimulatorConfig())
 
     def api(handler: Handler) -> Handler:
@@ -384,8 +402,7 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
 
         async def endpoint(request: Request) -> Response:
             sim.counters["api_requests"] += 1
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            if not _bearer_is(request, api_token):
                 sim.counters["unauthorized"] += 1
                 return _error(401, "Unauthenticated", "You did not pass a valid token")
             if sim.config.api_delay_seconds > 0:
@@ -520,6 +537,16 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
             content = await asyncio.to_thread(render_image, width, height, ext, prompt, seed)
         return Response(content, media_type=sim.config.output_content_type or _MEDIA[ext])
 
+    def control(handler: Handler) -> Handler:
+        """The control secret, when the simulator was started with one."""
+
+        async def endpoint(request: Request) -> Response:
+            if control_secret is not None and not _bearer_is(request, control_secret):
+                return _error(401, "Unauthenticated", "The simulator's controls need its secret")
+            return await handler(request)
+
+        return endpoint
+
     async def stats(_request: Request) -> Response:
         return JSONResponse(sim.stats())
 
@@ -530,6 +557,9 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
 
     async def configure(request: Request) -> Response:
         if request.method == "POST":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip()
+            if content_type.lower() != "application/json":
+                return _error(415, "Unsupported Media Type", "The settings must be JSON")
             try:
                 changes = await request.json()
                 names = {f.name for f in dataclasses.fields(SimulatorConfig)}
@@ -556,9 +586,9 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> Starlette:
         Route("/v1/predictions/{prediction_id}", api(get_prediction), methods=["GET"]),
         Route("/v1/predictions/{prediction_id}/cancel", api(cancel_prediction), methods=["POST"]),
         Route("/files/{filename}", download, methods=["GET"]),
-        Route("/_simulator/stats", stats, methods=["GET"]),
-        Route("/_simulator/reset", reset, methods=["POST"]),
-        Route("/_simulator/config", configure, methods=["GET", "POST"]),
+        Route("/_simulator/stats", control(stats), methods=["GET"]),
+        Route("/_simulator/reset", control(reset), methods=["POST"]),
+        Route("/_simulator/config", control(configure), methods=["GET", "POST"]),
     ]
     app = Starlette(
         routes=routes,

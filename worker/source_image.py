@@ -119,13 +119,22 @@ class _Target:
         return self.url.copy_with(host=host)
 
 
-async def _vet(url: httpx.URL, allowed: AddressPolicy, resolve: Resolver) -> _Target:
+async def _vet(
+    url: httpx.URL,
+    allowed: AddressPolicy,
+    resolve: Resolver,
+    *,
+    what: str = "The source image URL",
+    error: type[Exception] = SourceImageError,
+) -> _Target:
+    """Where to connect for `url`, if its scheme, host and every address it resolves to
+    pass; else `error` saying why (the output downloads share this check)."""
     if url.scheme not in ("http", "https"):
-        raise SourceImageError("The source image URL must start with http:// or https://")
+        raise error(f"{what} must start with http:// or https://")
     if not url.host:
-        raise SourceImageError("The source image URL has no host")
+        raise error(f"{what} has no host")
     if url.userinfo:
-        raise SourceImageError("The source image URL must not contain credentials")
+        raise error(f"{what} must not contain credentials")
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         addresses = [ipaddress.ip_address(url.host)]
@@ -133,10 +142,11 @@ async def _vet(url: httpx.URL, allowed: AddressPolicy, resolve: Resolver) -> _Ta
         try:
             addresses = await resolve(url.host, port)
         except OSError as exc:
-            raise SourceImageError(f"The source image host {url.host} cannot be resolved") from exc
+            name = what.removesuffix(" URL")
+            raise error(f"{name} host {url.host} cannot be resolved") from exc
     # Every address must pass: a name with one public and one private address is refused.
     if not addresses or not all(allowed(address) for address in addresses):
-        raise SourceImageError("The source image URL points to a private or reserved address")
+        raise error(f"{what} points to a private or reserved address")
     return _Target(url, addresses[0])
 
 
