@@ -1,16 +1,23 @@
 """Writes a signed-in user must not make (sql/0020_client_writes.sql,
 sql/0021_gallery_writes.sql), each replayed as PostgREST would run it: refused (an error,
-or no row matched) with every row of image_generations, images and job_queue unchanged."""
+or no row matched) with every row of image_generations, images and job_queue unchanged.
+
+The world is built once per module; each case runs in a transaction that is rolled back,
+so no case sees another's writes."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from tests.conftest import make_user, signed_in
+from tests.pg import Server, fresh_database
 
 Conn = psycopg.Connection[dict[str, Any]]
 SCHNELL = "black-forest-labs/flux-schnell"
@@ -232,9 +239,36 @@ def snapshot(conn: Conn) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+@pytest.fixture(scope="module")
+def matrix_database(pg_server: Server, template_database: str) -> Iterator[str]:
+    yield from fresh_database(pg_server, template_database)
+
+
+@pytest.fixture(scope="module")
+def ids(matrix_database: str) -> dict[str, uuid.UUID]:
+    with psycopg.connect(matrix_database, autocommit=True, row_factory=dict_row) as setup:
+        return world(setup)
+
+
 @pytest.fixture
-def ids(conn: Conn) -> dict[str, uuid.UUID]:
-    return world(conn)
+def conn(matrix_database: str, ids: dict[str, uuid.UUID]) -> Iterator[Conn]:
+    """The module's world, in a transaction this case's writes are rolled back with."""
+    with (
+        psycopg.connect(matrix_database, autocommit=True, row_factory=dict_row) as case,
+        case.transaction(force_rollback=True),
+    ):
+        yield case
+
+
+@contextmanager
+def as_user(conn: Conn, user: uuid.UUID) -> Iterator[None]:
+    """signed_in, nested in the case's transaction: a savepoint that keeps the role when it
+    succeeds, so the role is reset for the checks that follow."""
+    try:
+        with signed_in(conn, user):
+            yield
+    finally:
+        conn.execute("reset role")
 
 
 @pytest.mark.parametrize("statement", CASES)
@@ -242,7 +276,7 @@ def test_a_user_cannot(conn: Conn, ids: dict[str, uuid.UUID], statement: str) ->
     before = snapshot(conn)
     refused = False
     try:
-        with signed_in(conn, ids["alice"]):
+        with as_user(conn, ids["alice"]):
             cursor = conn.execute(statement, ids)
             refused = cursor.rowcount == 0 or (
                 cursor.description is not None and cursor.fetchall() == [{"?column?": False}]
@@ -258,13 +292,13 @@ def test_a_user_cannot(conn: Conn, ids: dict[str, uuid.UUID], statement: str) ->
 def test_a_user_cannot_insert_beyond_their_limit(conn: Conn, ids: dict[str, uuid.UUID]) -> None:
     """An inserted row counts against the user's hourly limit, as a start through the API
     does (imagegen.admit_generation)."""
-    with signed_in(conn, ids["alice"]):
+    with as_user(conn, ids["alice"]):
         conn.execute(insert(), ids)
         limits = conn.execute("select get_user_limits(%s) as l", (ids["alice"],)).fetchone()
     assert limits is not None and limits["l"]["hourly_used"] >= 1
     conn.execute("select configure_admission(p_hourly_limit => %s)", (limits["l"]["hourly_used"],))
     before = snapshot(conn)
-    with signed_in(conn, ids["alice"]), pytest.raises(psycopg.Error) as refused:
+    with pytest.raises(psycopg.Error) as refused, as_user(conn, ids["alice"]):
         conn.execute(insert(), ids)
     assert refused.value.sqlstate == "PT429"
     assert snapshot(conn) == before
