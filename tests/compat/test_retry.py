@@ -25,15 +25,21 @@ ENQUEUE = (
 )
 
 
-def failed_generation(conn: Conn, user_id: uuid.UUID) -> uuid.UUID:
-    """A generation whose prediction failed for good (its job failed; section 8)."""
+def predicting(conn: Conn, user_id: uuid.UUID, prediction_id: str) -> dict[str, Any]:
+    """A started generation whose job holds a created prediction."""
     started = conn.execute(
         "select * from start_generation(%s, 'a red fox', %s)", (user_id, SCHNELL)
     ).fetchone()
     assert started is not None
     conn.execute("select * from claim_jobs('w', 1)")
     conn.execute("select request_prediction(%s, 'w')", (started["job_id"],))
-    conn.execute("select record_prediction(%s, 'w', 'pred-failed')", (started["job_id"],))
+    conn.execute("select record_prediction(%s, 'w', %s)", (started["job_id"], prediction_id))
+    return started
+
+
+def failed_generation(conn: Conn, user_id: uuid.UUID) -> uuid.UUID:
+    """A generation whose prediction failed for good (its job failed; section 8)."""
+    started = predicting(conn, user_id, "pred-failed")
     conn.execute(
         "select fail_generation(%s, 'w', 'NSFW content detected', p_retryable => false)",
         (started["job_id"],),
@@ -81,13 +87,7 @@ def test_a_retry_waits_until_the_generation_has_no_active_job(
 def test_a_retry_after_a_cancel_does_not_wait_for_the_prediction_to_be_cancelled(
     conn: Conn, user_id: uuid.UUID
 ) -> None:
-    started = conn.execute(
-        "select * from start_generation(%s, 'a red fox', %s)", (user_id, SCHNELL)
-    ).fetchone()
-    assert started is not None
-    conn.execute("select * from claim_jobs('w', 1)")
-    conn.execute("select request_prediction(%s, 'w')", (started["job_id"],))
-    conn.execute("select record_prediction(%s, 'w', 'pred-1')", (started["job_id"],))
+    started = predicting(conn, user_id, "pred-1")
     with signed_in(conn, user_id):
         conn.execute("select cancel_generation(%s)", (started["generation_id"],))
         (row,) = conn.execute(RETRY, (started["generation_id"],)).fetchall()
