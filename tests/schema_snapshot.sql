@@ -1074,6 +1074,13 @@ end
 $$;
 
 CREATE FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb DEFAULT NULL::jsonb, p_retryable boolean DEFAULT true) RETURNS text
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select fail_job(p_job_id, p_worker_id, p_error_message, p_error_details, p_retryable)
+$$;
+
+CREATE FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb DEFAULT NULL::jsonb, p_retryable boolean DEFAULT true) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -2294,6 +2301,9 @@ GRANT ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_pri
 
 REVOKE ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
+
+REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
 
 GRANT SELECT,DELETE ON TABLE public.images TO authenticated;
 GRANT ALL ON TABLE public.images TO service_role;

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -148,6 +148,17 @@ class Database:
 
     async def _rows(self, function: str, **args: Any) -> list[dict[str, Any]]:
         return await self.gateway.call(function, args)
+
+    # The connection (callers go through these, never through `gateway`).
+
+    async def listen(self, channel: str, wake: Callable[[], None]) -> None:
+        await self.gateway.listen(channel, wake)
+
+    async def hold_session(self, worker_id: str) -> None:
+        await self.gateway.hold_session(worker_id)
+
+    async def ping(self) -> bool:
+        return await self.gateway.ping()
 
     # The queue.
 
@@ -353,7 +364,7 @@ class Database:
         )
         return rows[0] if rows else None
 
-    async def fail_generation(
+    async def fail_job(
         self,
         job_id: uuid.UUID,
         worker_id: str,
@@ -362,8 +373,9 @@ class Database:
         error_details: dict[str, Any] | None = None,
         retryable: bool = True,
     ) -> str | None:
+        """Record a failed attempt: the job's status afterwards, None when not ours."""
         status = await self._scalar(
-            "fail_generation",
+            "fail_job",
             p_job_id=job_id,
             p_worker_id=worker_id,
             p_error_message=error,

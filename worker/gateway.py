@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from worker.errors import ImagegenError
 
-class DatabaseError(Exception):
+
+class DatabaseError(ImagegenError):
     """A SQL function refused or failed. `sqlstate`, `column` and `detail` come from the
     server (a limit's refusal carries in `detail` when to retry)."""
 
@@ -35,7 +37,7 @@ class DatabaseError(Exception):
         return self.sqlstate is not None and self.sqlstate[:2] in ("22", "23")
 
 
-class GatewayUnavailable(Exception):
+class GatewayUnavailable(ImagegenError):
     """The database could not be reached; the caller may retry later."""
 
 

@@ -18,6 +18,7 @@ import httpx
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions
 
+from worker.errors import ImagegenError
 from worker.gateway import DatabaseError, GatewayUnavailable
 
 # SQLSTATE classes psycopg raises as OperationalError: PostgresGateway maps those to
@@ -25,7 +26,7 @@ from worker.gateway import DatabaseError, GatewayUnavailable
 _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "54", "55", "57", "58", "F0", "HV"})
 
 
-class _ServerUnavailable(Exception):
+class _ServerUnavailable(ImagegenError):
     """Raised from the response hook, before postgrest-py turns the reply into APIError."""
 
 

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from worker.errors import JobError
 from worker.source_image import (
     MAX_REDIRECTS,
     AddressPolicy,
@@ -44,10 +45,10 @@ DOWNLOAD_CHUNK = 64 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
-class ReplicateError(Exception):
+class ReplicateError(JobError):
     """Base of every Replicate failure; `str(exc)` is readable by the end user."""
 
-    retryable: bool = False
+    retryable = False
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import structlog
 
 from worker.database import Database
+from worker.errors import ImagegenError
 from worker.gateway import Gateway
 from worker.jobs import HANDLERS, JobContext
 from worker.logs import register_secrets
@@ -22,8 +23,8 @@ from worker.storage import SupabaseStorage
 log = structlog.get_logger(__name__)
 
 
-class ConfigurationError(RuntimeError):
-    pass
+class ConfigurationError(ImagegenError, RuntimeError):
+    """The settings cannot make a working worker."""
 
 
 def _secret(value: object) -> str | None:

@@ -21,14 +21,15 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.utils import StorageException
 
+from worker.errors import JobError
 
-class StorageError(Exception):
+
+class StorageError(JobError):
     """An upload or lookup failed; `retryable` says whether trying again can help."""
 
     def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
         self.message = message
-        self.retryable = retryable
 
 
 class SupabaseStorage:
