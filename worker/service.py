@@ -46,7 +46,9 @@ async def open_gateway(settings: Settings) -> Gateway:
         raise ConfigurationError("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
     from worker.postgrest_gateway import PostgrestGateway
 
-    return PostgrestGateway(url, key, timeout=settings.http_timeout_seconds)
+    postgrest = PostgrestGateway(url, key, timeout=settings.http_timeout_seconds)
+    await postgrest.open()
+    return postgrest
 
 
 @dataclass
