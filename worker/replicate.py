@@ -24,6 +24,7 @@ import httpx
 import structlog
 
 from worker.errors import JobError
+from worker.logs import redact_text
 from worker.source_image import (
     MAX_REDIRECTS,
     AddressPolicy,
@@ -444,7 +445,7 @@ class ReplicateClient:
         return headers | (extra or {})
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "[redacted]") if self._token else text
+        return redact_text(text, self._token)
 
     async def _request(
         self,
