@@ -66,6 +66,8 @@ class PostgrestGateway:
         ]
 
     async def _result_columns(self) -> dict[str, dict[str, str]]:
+        if self._columns is not None:  # learnt once; the lock only for the first calls
+            return self._columns
         async with self._columns_lock:
             if self._columns is None:
                 try:
