@@ -32,6 +32,7 @@ from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_
 from api.docs import install_docs
 from api.limits import RequestLimits
 from worker.database import Database
+from worker.errors import ImagegenError, UserFacingError
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.generation import run_prediction
 from worker.models import GenerationParams
@@ -59,7 +60,7 @@ QUEUE_DEPTH = Gauge(
 )
 
 
-class ClientError(Exception):
+class ClientError(UserFacingError):
     """Answered as {"error": message} with `status`; never logged as a fault."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -267,11 +268,11 @@ def _failure_message(exc: Exception) -> str:
     """What the synchronous endpoints answer (with 400, as the old ones did)."""
     if isinstance(exc, DatabaseError | GatewayUnavailable):
         return _database_failure(exc).message
-    if not hasattr(exc, "retryable"):
-        log.exception("generation failed unexpectedly", error_type=type(exc).__name__)
-        return "Image generation failed"
-    # Errors of Replicate, the source image or storage carry a readable message.
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, ImagegenError) and exc.user_message is not None:
+        # Errors of Replicate, the source image or storage are written for the user.
+        return exc.user_message or type(exc).__name__
+    log.exception("generation failed unexpectedly", error_type=type(exc).__name__)
+    return "Image generation failed"
 
 
 # Endpoints.
@@ -502,7 +503,7 @@ async def list_models(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     service = _service(request)
-    database = await service.worker.db.gateway.ping()
+    database = await service.worker.db.ping()
     runner = service.worker.runner
     state = "disabled" if not service.runs_jobs else ("running" if runner.alive else "stopped")
     healthy = database and state != "stopped"

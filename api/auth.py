@@ -20,6 +20,8 @@ import jwt
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from worker.errors import UserFacingError
+
 log = structlog.get_logger(__name__)
 
 AUDIENCE = "authenticated"
@@ -41,7 +43,7 @@ VERIFIED_TTL_SECONDS = 60.0
 VERIFIED_MAX_TOKENS = 4096
 
 
-class AuthError(Exception):
+class AuthError(UserFacingError):
     """The request is not authenticated; `str(exc)` is safe to show the caller."""
 
 

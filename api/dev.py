@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 
 from api.auth import mint_dev_token
 from api.local_postgres import LocalPostgres, free_port, postgres_url
+from worker.errors import UserFacingError
 from worker.logs import SafeStream
 from worker.migrate import migrate
 from worker.settings import Settings
@@ -52,7 +53,7 @@ DEV_DEFAULTS = {"max_parallel_jobs": 32, "log_format": "console"}
 SIMULATED_SECONDS = 2.0
 
 
-class DevError(Exception):
+class DevError(UserFacingError):
     """What the user is told in one line (no traceback)."""
 
 

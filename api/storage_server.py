@@ -31,13 +31,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from worker.errors import ImagegenError
+
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 _CHUNK = 64 * 1024
 _BUCKET_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
 _PARAM = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))')
 
 
-class StorageFailure(Exception):
+class StorageFailure(ImagegenError):
     """Answered as Storage answers errors: `{"statusCode", "error", "message"}`."""
 
     def __init__(self, http_status: int, error: str, message: str, code: int | None = None):

@@ -1074,6 +1074,13 @@ end
 $$;
 
 CREATE FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb DEFAULT NULL::jsonb, p_retryable boolean DEFAULT true) RETURNS text
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select fail_job(p_job_id, p_worker_id, p_error_message, p_error_details, p_retryable)
+$$;
+
+CREATE FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb DEFAULT NULL::jsonb, p_retryable boolean DEFAULT true) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1163,6 +1170,32 @@ begin
         returning *;
     end if;
 end
+$$;
+
+CREATE FUNCTION public.function_result_columns() RETURNS TABLE(function_name text, column_name text, type_name text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    -- OUT, INOUT and TABLE parameters.
+    select p.proname::text, a.name, format_type(a.typ, null)
+    from pg_proc p
+    cross join lateral unnest(p.proallargtypes, p.proargmodes::text[], p.proargnames)
+        as a(typ, mode, name)
+    where p.pronamespace = 'public'::regnamespace and a.mode in ('o', 'b', 't')
+    union
+    -- A table's rows (`returns setof job_queue`).
+    select p.proname::text, att.attname::text, format_type(att.atttypid, att.atttypmod)
+    from pg_proc p
+    join pg_type t on t.oid = p.prorettype
+    join pg_attribute att on att.attrelid = t.typrelid and att.attnum > 0 and not att.attisdropped
+    where p.pronamespace = 'public'::regnamespace and t.typtype = 'c'
+    union
+    -- One value.
+    select p.proname::text, p.proname::text, format_type(p.prorettype, null)
+    from pg_proc p
+    join pg_type t on t.oid = p.prorettype
+    where p.pronamespace = 'public'::regnamespace and t.typtype in ('b', 'd', 'e')
+      and p.proallargtypes is null
 $$;
 
 CREATE FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) RETURNS uuid
@@ -2295,6 +2328,9 @@ GRANT ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_pri
 REVOKE ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
 
+REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
+
 GRANT SELECT,DELETE ON TABLE public.images TO authenticated;
 GRANT ALL ON TABLE public.images TO service_role;
 
@@ -2310,6 +2346,9 @@ GRANT UPDATE(archived_at) ON TABLE public.images TO authenticated;
 
 REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.function_result_columns() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.function_result_columns() TO service_role;
 
 REVOKE ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) TO service_role;

@@ -57,7 +57,8 @@ async def test_enqueue_job_returns_the_uuid(
          "p_priority": 2},
     )  # fmt: skip
     assert len(rows) == 1
-    job_id = uuid.UUID(rows[0]["enqueue_job"])
+    job_id = rows[0]["enqueue_job"]
+    assert isinstance(job_id, uuid.UUID)  # the Gateway contract's types, not JSON text
     job = conn.execute("select * from job_queue where id = %s", (job_id,)).fetchone()
     assert job is not None
     assert (job["payload"], job["priority"]) == ({"generation_id": str(generation_id)}, 2)
@@ -73,7 +74,7 @@ async def test_claim_heartbeat_complete(gateway: PostgrestGateway) -> None:
     rows = await gateway.call(
         "claim_jobs", {"p_worker_id": "w1", "p_limit": 5, "p_lease_seconds": 60}
     )
-    assert {row["id"] for row in rows} == {str(second), str(first)}  # due ones only
+    assert {row["id"] for row in rows} == {second, first}  # due ones only
     assert {row["status"] for row in rows} == {"processing"}
     assert {row["locked_by"] for row in rows} == {"w1"}
     assert await db.claim_jobs("w1", 5, None, 60) == []  # the scheduled one is not due

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -33,29 +33,18 @@ class Job:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
         return cls(
-            id=uuid.UUID(str(row["id"])),
+            id=row["id"],
             job_type=row["job_type"],
             payload=dict(row["payload"] or {}),
             attempts=int(row["attempts"]),
             max_attempts=int(row["max_attempts"]),
             priority=int(row["priority"]),
-            created_by=uuid.UUID(str(row["created_by"])) if row.get("created_by") else None,
+            created_by=row.get("created_by"),
         )
 
     @property
     def is_last_attempt(self) -> bool:
         return self.attempts >= self.max_attempts
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    return None if value is None else uuid.UUID(str(value))
-
-
-def as_datetime(value: Any) -> datetime | None:
-    """A timestamptz as either gateway returns it: a datetime (psycopg) or ISO text (PostgREST)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
 
 
 @dataclass
@@ -119,7 +108,7 @@ class CompletionBatcher:
                 if any(item.result is not None for item in batch):
                     args["p_results"] = [item.result for item in batch]
                 rows = await self.gateway.call("complete_jobs", args)
-                completed = {uuid.UUID(str(row["complete_jobs"])) for row in rows}
+                completed = {row["complete_jobs"] for row in rows}
         except asyncio.CancelledError:
             for item in batch:
                 item.done.cancel()
@@ -149,6 +138,17 @@ class Database:
     async def _rows(self, function: str, **args: Any) -> list[dict[str, Any]]:
         return await self.gateway.call(function, args)
 
+    # The connection (callers go through these, never through `gateway`).
+
+    async def listen(self, channel: str, wake: Callable[[], None]) -> None:
+        await self.gateway.listen(channel, wake)
+
+    async def hold_session(self, worker_id: str) -> None:
+        await self.gateway.hold_session(worker_id)
+
+    async def ping(self) -> bool:
+        return await self.gateway.ping()
+
     # The queue.
 
     async def enqueue_job(
@@ -161,7 +161,7 @@ class Database:
         created_by: uuid.UUID | None = None,
         dedupe_key: str | None = None,
     ) -> uuid.UUID:
-        job_id = await self._scalar(
+        job_id: uuid.UUID = await self._scalar(
             "enqueue_job",
             p_job_type=job_type,
             p_payload=payload,
@@ -170,7 +170,7 @@ class Database:
             p_created_by=created_by,
             p_dedupe_key=dedupe_key,
         )
-        return uuid.UUID(str(job_id))
+        return job_id
 
     async def claim_jobs(
         self, worker_id: str, limit: int, job_types: Sequence[str] | None, lease_seconds: int
@@ -205,7 +205,7 @@ class Database:
             p_job_ids=list(job_ids),
             p_lease_seconds=lease_seconds,
         )
-        return {uuid.UUID(str(row["heartbeat_jobs"])) for row in rows}
+        return {row["heartbeat_jobs"] for row in rows}
 
     async def complete_job(
         self,
@@ -247,7 +247,7 @@ class Database:
     ) -> tuple[uuid.UUID, uuid.UUID]:
         args = {f"p_{name}": value for name, value in params.items() if value is not None}
         rows = await self._rows("start_generation", p_user_id=user_id, **args)
-        return uuid.UUID(str(rows[0]["generation_id"])), uuid.UUID(str(rows[0]["job_id"]))
+        return rows[0]["generation_id"], rows[0]["job_id"]
 
     async def start_legacy_generation(
         self, user_id: uuid.UUID, generation_id: uuid.UUID | None, **params: Any
@@ -257,7 +257,7 @@ class Database:
         rows = await self._rows(
             "start_legacy_generation", p_user_id=user_id, p_generation_id=generation_id, **args
         )
-        return uuid.UUID(str(rows[0]["generation_id"])), str(rows[0]["status"])
+        return rows[0]["generation_id"], str(rows[0]["status"])
 
     async def start_batch(self, user_id: uuid.UUID, request: dict[str, Any]) -> dict[str, Any]:
         """batch-generate's body, checked, admitted and started whole: {id, name,
@@ -283,9 +283,10 @@ class Database:
 
     async def request_prediction(self, job_id: uuid.UUID, worker_id: str) -> datetime | None:
         """Record the intent to create a prediction; None when the job is no longer ours."""
-        return as_datetime(
-            await self._scalar("request_prediction", p_job_id=job_id, p_worker_id=worker_id)
+        requested_at: datetime | None = await self._scalar(
+            "request_prediction", p_job_id=job_id, p_worker_id=worker_id
         )
+        return requested_at
 
     async def record_prediction(
         self, job_id: uuid.UUID, worker_id: str, prediction_id: str
@@ -311,18 +312,17 @@ class Database:
         height: int,
         generation_time_seconds: float,
     ) -> uuid.UUID | None:
-        return _uuid(
-            await self._scalar(
-                "generation_downloading",
-                p_job_id=job_id,
-                p_worker_id=worker_id,
-                p_output_url=output_url,
-                p_format=format,
-                p_width=width,
-                p_height=height,
-                p_generation_time_seconds=Decimal(f"{generation_time_seconds:.3f}"),
-            )
+        download_job: uuid.UUID | None = await self._scalar(
+            "generation_downloading",
+            p_job_id=job_id,
+            p_worker_id=worker_id,
+            p_output_url=output_url,
+            p_format=format,
+            p_width=width,
+            p_height=height,
+            p_generation_time_seconds=Decimal(f"{generation_time_seconds:.3f}"),
         )
+        return download_job
 
     async def finish_generation(
         self,
@@ -353,7 +353,7 @@ class Database:
         )
         return rows[0] if rows else None
 
-    async def fail_generation(
+    async def fail_job(
         self,
         job_id: uuid.UUID,
         worker_id: str,
@@ -362,8 +362,9 @@ class Database:
         error_details: dict[str, Any] | None = None,
         retryable: bool = True,
     ) -> str | None:
+        """Record a failed attempt: the job's status afterwards, None when not ours."""
         status = await self._scalar(
-            "fail_generation",
+            "fail_job",
             p_job_id=job_id,
             p_worker_id=worker_id,
             p_error_message=error,

@@ -1,17 +1,30 @@
-"""The failure kinds the runner understands: each says whether a retry can help."""
+"""The project's exceptions share one root, and two decisions are made by type, never by
+duck typing: whether retrying can help (`retryable`, which the runner follows) and what the
+user may read (`user_message`; None: the text is for operators, the user reads a generic
+message and the error is logged)."""
 
 from __future__ import annotations
 
 
-class JobError(Exception):
-    """A job attempt failed; `str(exc)` is what the user reads."""
+class ImagegenError(Exception):
+    """The root of every exception the project defines."""
 
-    retryable: bool = True
+    retryable: bool = True  # an unknown failure may pass: a later attempt is worth it
+    user_message: str | None = None
+
+
+class UserFacingError(ImagegenError):
+    """An error whose message is written for the user: `user_message` is the message."""
 
     def __init__(self, message: str, *, retryable: bool | None = None) -> None:
         super().__init__(message)
+        self.user_message = message
         if retryable is not None:
             self.retryable = retryable
+
+
+class JobError(UserFacingError):
+    """A job attempt failed; `str(exc)` is what the user reads."""
 
 
 class PermanentJobError(JobError):
@@ -21,5 +34,5 @@ class PermanentJobError(JobError):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Errors of our external-service modules carry `retryable`; unknown errors may pass."""
-    return bool(getattr(exc, "retryable", True))
+    """The project's errors say; anything else (a bug, a library's error) may pass."""
+    return exc.retryable if isinstance(exc, ImagegenError) else True

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from worker.errors import ImagegenError
 
-class DatabaseError(Exception):
+
+class DatabaseError(ImagegenError):
     """A SQL function refused or failed. `sqlstate`, `column` and `detail` come from the
     server (a limit's refusal carries in `detail` when to retry)."""
 
@@ -35,11 +37,21 @@ class DatabaseError(Exception):
         return self.sqlstate is not None and self.sqlstate[:2] in ("22", "23")
 
 
-class GatewayUnavailable(Exception):
+class GatewayUnavailable(ImagegenError):
     """The database could not be reached; the caller may retry later."""
 
 
 class Gateway(Protocol):
+    """Both gateways give the same Python types for the same SQL types: uuid as
+    uuid.UUID, timestamptz as an aware datetime, numeric as Decimal, double precision as
+    float, json and jsonb as dicts, lists and plain JSON values (inside which uuids and
+    timestamps stay text), arrays as lists (tests/test_gateway_contract.py)."""
+
+    async def open(self) -> None:
+        """Get ready for calls; a database that cannot be reached now is not an error
+        (the calls then raise GatewayUnavailable until it can)."""
+        ...
+
     async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Run `public.<function>(name => value, ...)`; return its rows as dicts.
 

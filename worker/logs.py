@@ -24,9 +24,12 @@ def register_secrets(values: Iterable[str | None]) -> None:
     _known_secrets.update(v for v in values if v and len(v) >= 8)
 
 
-def redact_text(text: str) -> str:
-    for secret in _known_secrets:
-        text = text.replace(secret, _REDACTED)
+def redact_text(text: str, *secrets: str | None) -> str:
+    """The one redactor: `text` without the registered secrets, the given ones, bearer
+    tokens or JWTs (every log line passes here; so do error texts that may be logged)."""
+    for secret in (*_known_secrets, *secrets):
+        if secret:
+            text = text.replace(secret, _REDACTED)
     return _JWT.sub(_REDACTED, _BEARER.sub(rf"\1{_REDACTED}", text))
 
 

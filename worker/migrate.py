@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psycopg
 
+from worker.errors import ImagegenError
+
 # The repository's sql/ (an installed image points IMAGEGEN_MIGRATIONS_DIR at its copy).
 MIGRATIONS_DIR = Path(
     os.environ.get("IMAGEGEN_MIGRATIONS_DIR", Path(__file__).resolve().parent.parent / "sql")
@@ -36,7 +38,7 @@ create table if not exists imagegen.migrations (
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(ImagegenError, RuntimeError):
     """A migration cannot be applied, or an applied one was edited."""
 
 

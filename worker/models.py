@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from worker.errors import JobError
+
 Input = dict[str, Any]
 T = TypeVar("T")
 
@@ -37,7 +39,7 @@ CONTENT_TYPES = {
 _WEBP_90 = {"output_format": "webp", "output_quality": 90}
 
 
-class InvalidParameters(ValueError):
+class InvalidParameters(JobError, ValueError):
     """The generation parameters cannot be sent to any model; retrying cannot help."""
 
     retryable = False

@@ -1,12 +1,14 @@
 """The gateway for deployments that only have SUPABASE_URL and the service role key:
 each call is `rpc(function, args)` through supabase-py, i.e. `POST /rest/v1/rpc/<fn>`.
 
-PostgREST answers in JSON, so rows carry JSON values (uuids and timestamps as strings,
-numerics as numbers); `worker.database` converts what it reads. It cannot LISTEN.
+PostgREST answers in JSON (uuids and timestamps as strings, numerics as numbers); this
+gateway turns them back into the Python types psycopg gives (the `Gateway` contract), by
+what each function returns (`function_result_columns`, sql/0051). It cannot LISTEN.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -15,17 +17,21 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import structlog
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions
 
+from worker.errors import ImagegenError
 from worker.gateway import DatabaseError, GatewayUnavailable
+
+log = structlog.get_logger(__name__)
 
 # SQLSTATE classes psycopg raises as OperationalError: PostgresGateway maps those to
 # GatewayUnavailable, so this gateway does too.
 _UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "54", "55", "57", "58", "F0", "HV"})
 
 
-class _ServerUnavailable(Exception):
+class _ServerUnavailable(ImagegenError):
     """Raised from the response hook, before postgrest-py turns the reply into APIError."""
 
 
@@ -41,8 +47,43 @@ class PostgrestGateway:
             persist_session=False,
         )
         self._client = AsyncClient(supabase_url, service_role_key, options)
+        self._columns: dict[str, dict[str, str]] | None = None  # function -> column -> type
+        self._columns_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Learn what each function returns (again on the first call, if unreachable now)."""
+        try:
+            await self._result_columns()
+        except GatewayUnavailable as exc:
+            log.warning("PostgREST unreachable; result types are learnt later", error=str(exc))
 
     async def call(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        columns = (await self._result_columns()).get(function, {})
+        rows = await self._rpc(function, args)
+        return [
+            {name: _canonical(columns.get(name), value) for name, value in row.items()}
+            for row in rows
+        ]
+
+    async def _result_columns(self) -> dict[str, dict[str, str]]:
+        if self._columns is not None:  # learnt once; the lock only for the first calls
+            return self._columns
+        async with self._columns_lock:
+            if self._columns is None:
+                try:
+                    rows = await self._rpc("function_result_columns", {})
+                except DatabaseError as exc:  # a database from before sql/0051
+                    log.warning("result types unknown; rows stay JSON", error=str(exc))
+                    rows = []
+                columns: dict[str, dict[str, str]] = {}
+                for row in rows:
+                    columns.setdefault(row["function_name"], {})[row["column_name"]] = row[
+                        "type_name"
+                    ]
+                self._columns = columns
+            return self._columns
+
+    async def _rpc(self, function: str, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         params = {name: _jsonable(value) for name, value in args.items()}
         try:
             response = await self._client.rpc(function, params).execute()
@@ -104,6 +145,23 @@ def _rows(function: str, data: Any) -> list[dict[str, Any]]:
             return data
         return [{function: item} for item in data]
     return [{function: data}]
+
+
+def _canonical(type_name: str | None, value: Any) -> Any:
+    """A JSON value as psycopg would give a column of that SQL type."""
+    if value is None or type_name is None:
+        return value
+    if type_name.endswith("[]") and isinstance(value, list):
+        return [_canonical(type_name[:-2], item) for item in value]
+    if type_name == "uuid":
+        return uuid.UUID(value)
+    if type_name.startswith("timestamp"):
+        return datetime.fromisoformat(value)
+    if type_name.startswith("numeric"):
+        return Decimal(str(value))
+    if type_name in ("double precision", "real"):
+        return float(value)
+    return value
 
 
 def _jsonable(value: Any) -> Any:

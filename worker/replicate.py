@@ -23,6 +23,8 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from worker.errors import JobError
+from worker.logs import redact_text
 from worker.source_image import (
     MAX_REDIRECTS,
     AddressPolicy,
@@ -44,10 +46,10 @@ DOWNLOAD_CHUNK = 64 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
-class ReplicateError(Exception):
+class ReplicateError(JobError):
     """Base of every Replicate failure; `str(exc)` is readable by the end user."""
 
-    retryable: bool = False
+    retryable = False
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -443,7 +445,7 @@ class ReplicateClient:
         return headers | (extra or {})
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "[redacted]") if self._token else text
+        return redact_text(text, self._token)
 
     async def _request(
         self,

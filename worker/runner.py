@@ -21,12 +21,48 @@ import structlog
 
 from worker import metrics
 from worker.database import Database, Job
-from worker.errors import is_retryable
+from worker.errors import ImagegenError, PermanentJobError, is_retryable
 from worker.gateway import DatabaseError, GatewayUnavailable
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Job, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt, as the runner records it."""
+
+    worker_id: str
+    message: str
+    details: dict[str, Any]
+    retryable: bool
+
+
+# Records a failed attempt; the job's status afterwards ("pending": it retries), None when
+# the job is no longer this worker's.
+FailureHook = Callable[[Database, Job, Failure], Awaitable[str | None]]
+
+
+async def record_failure(db: Database, job: Job, failure: Failure) -> str | None:
+    """The queue's own rule: the job retries or fails (sql/0050_fail_job.sql)."""
+    return await db.fail_job(
+        job.id,
+        failure.worker_id,
+        failure.message,
+        error_details=failure.details,
+        retryable=failure.retryable,
+    )
+
+
+@dataclass(frozen=True)
+class JobType:
+    """What the runner knows of a job type: its handler, how a failed attempt is recorded,
+    and the payload fields that every log line of its jobs carries."""
+
+    handler: Handler
+    on_failure: FailureHook = record_failure
+    log_fields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -41,7 +77,7 @@ class Runner:
     def __init__(
         self,
         db: Database,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, JobType | Handler],
         context: Any,
         *,
         worker_id: str,
@@ -55,7 +91,10 @@ class Runner:
         liveness_interval: float = 2.0,
     ) -> None:
         self.db = db
-        self.handlers = dict(handlers)
+        self.handlers = {
+            name: kind if isinstance(kind, JobType) else JobType(kind)
+            for name, kind in handlers.items()
+        }
         self.context = context
         self.worker_id = worker_id
         self.concurrency = concurrency
@@ -123,7 +162,7 @@ class Runner:
         ]
         if self.listen:
             background.append(
-                asyncio.create_task(self.db.gateway.listen("job_queue", self.wake), name="listen")
+                asyncio.create_task(self.db.listen("job_queue", self.wake), name="listen")
             )
         log.info("runner started", worker_id=self.worker_id, concurrency=self.concurrency)
         try:
@@ -173,33 +212,31 @@ class Runner:
         self._wakeup.set()
 
     async def _execute(self, job: Job) -> bool:
+        kind = self.handlers.get(job.job_type, _UNKNOWN)
         bound = log.bind(job_id=str(job.id), job_type=job.job_type, attempt=job.attempts)
-        if gid := job.payload.get("generation_id"):
-            bound = bound.bind(generation_id=str(gid))
-        if model := job.payload.get("model_id"):
-            bound = bound.bind(model_id=model)
-        handler = self.handlers.get(job.job_type)
+        fields = {name: str(job.payload[name]) for name in kind.log_fields if job.payload.get(name)}
+        if fields:
+            bound = bound.bind(**fields)
         started = time.perf_counter()
         deadline = asyncio.timeout(self.job_timeout)
         try:
-            if handler is None:
-                raise UnknownJobType(job.job_type)
             async with deadline:
-                await handler(job, self.context)
+                await kind.handler(job, self.context)
         except TimeoutError as exc:
             if not deadline.expired():
-                await self._fail(job, bound, str(exc) or "Timed out", is_retryable(exc))
+                await self._fail(kind, job, bound, str(exc) or "Timed out", is_retryable(exc))
             else:
                 message = f"The job timed out after {self.job_timeout:g} s"
-                await self._fail(job, bound, message, True)
+                await self._fail(kind, job, bound, message, True)
             return False
         except asyncio.CancelledError:
             bound.info("job cancelled")
             raise
         except Exception as exc:
-            if not hasattr(exc, "retryable"):
+            if not isinstance(exc, ImagegenError):
                 bound.exception("job crashed")
-            await self._fail(job, bound, str(exc) or type(exc).__name__, is_retryable(exc))
+            message = str(exc) or type(exc).__name__
+            await self._fail(kind, job, bound, message, is_retryable(exc))
             return False
         else:
             self.stats.completed += 1
@@ -209,14 +246,14 @@ class Runner:
         finally:
             metrics.JOB_DURATION.labels(job.job_type).observe(time.perf_counter() - started)
 
-    async def _fail(self, job: Job, bound: Any, message: str, retryable: bool) -> None:
+    async def _fail(
+        self, kind: JobType, job: Job, bound: Any, message: str, retryable: bool
+    ) -> None:
         self.stats.errors += 1
         details = {"worker_id": self.worker_id, "attempt": job.attempts}
         try:
-            # The job retries or fails; its generation, if any, follows in SQL (the rule
-            # "a generation fails when its job finally fails" lives on job_queue).
-            status = await self.db.fail_generation(
-                job.id, self.worker_id, message, error_details=details, retryable=retryable
+            status = await kind.on_failure(
+                self.db, job, Failure(self.worker_id, message, details, retryable)
             )
         except (GatewayUnavailable, DatabaseError) as exc:
             # The lease runs out and another worker retries: nothing is lost.
@@ -248,7 +285,7 @@ class Runner:
     async def _liveness_loop(self) -> None:
         """Hold this worker's session lock; every `liveness_interval` free the jobs of
         workers whose session ended (kill -9) and claim them at once."""
-        hold = asyncio.create_task(self.db.gateway.hold_session(self.worker_id), name="session")
+        hold = asyncio.create_task(self.db.hold_session(self.worker_id), name="session")
         try:
             while True:
                 await asyncio.sleep(self.liveness_interval)
@@ -286,8 +323,13 @@ class Runner:
             log.error("could not release jobs; their leases will expire", error=str(exc))
 
 
-class UnknownJobType(Exception):
-    retryable = False
-
+class UnknownJobType(PermanentJobError):
     def __init__(self, job_type: str) -> None:
         super().__init__(f"Unknown job type: {job_type}")
+
+
+async def _unknown(job: Job, _context: Any) -> None:
+    raise UnknownJobType(job.job_type)
+
+
+_UNKNOWN = JobType(_unknown)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import structlog
 
 from worker.database import Database
+from worker.errors import ImagegenError
 from worker.gateway import Gateway
 from worker.jobs import HANDLERS, JobContext
 from worker.logs import register_secrets
@@ -22,8 +23,8 @@ from worker.storage import SupabaseStorage
 log = structlog.get_logger(__name__)
 
 
-class ConfigurationError(RuntimeError):
-    pass
+class ConfigurationError(ImagegenError, RuntimeError):
+    """The settings cannot make a working worker."""
 
 
 def _secret(value: object) -> str | None:
@@ -45,7 +46,9 @@ async def open_gateway(settings: Settings) -> Gateway:
         raise ConfigurationError("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
     from worker.postgrest_gateway import PostgrestGateway
 
-    return PostgrestGateway(url, key, timeout=settings.http_timeout_seconds)
+    postgrest = PostgrestGateway(url, key, timeout=settings.http_timeout_seconds)
+    await postgrest.open()
+    return postgrest
 
 
 @dataclass

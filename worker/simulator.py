@@ -52,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.errors import ImagegenError
 from worker.models import FLUX_SCHNELL_RATIOS, family_for, output_size
 
 log = structlog.get_logger(__name__, simulator=True)  # lazy: configured at first use
@@ -138,7 +139,7 @@ _FORMATS = {"webp": "WEBP", "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "svg": 
 _MEDIA = {"webp": "image/webp", "png": "image/png", "jpg": "image/jpeg", "svg": "image/svg+xml"}
 
 
-class _InvalidInput(Exception):
+class _InvalidInput(ImagegenError):
     def __init__(self, fields: list[str]) -> None:
         super().__init__("; ".join(fields))
         self.fields = fields

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from worker.errors import JobError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressPolicy = Callable[[IPAddress], bool]
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
@@ -62,7 +64,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
-class SourceImageError(Exception):
+class SourceImageError(JobError):
     """The source image cannot be used; the message is shown to the user."""
 
     retryable = False

@@ -21,14 +21,16 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.utils import StorageException
 
+from worker.errors import JobError
+from worker.logs import redact_text
 
-class StorageError(Exception):
+
+class StorageError(JobError):
     """An upload or lookup failed; `retryable` says whether trying again can help."""
 
     def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
         self.message = message
-        self.retryable = retryable
 
 
 class SupabaseStorage:
@@ -91,7 +93,7 @@ class SupabaseStorage:
     def _error(self, action: str, path: str, exc: Exception) -> StorageError:
         retryable, reason = _classify(exc)
         # The key must never reach a log line, even if a server echoes it back.
-        reason = (reason.replace(self._key, "***") if self._key else reason)[:500]
+        reason = redact_text(reason, self._key)[:500]
         return StorageError(f"Storage {action} of {path} failed: {reason}", retryable=retryable)
 
 

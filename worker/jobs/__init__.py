@@ -9,12 +9,14 @@ from worker.jobs.cancel_prediction import cancel_prediction
 from worker.jobs.context import JobContext
 from worker.jobs.download_image import download_image
 from worker.jobs.generate_image import generate_image
-from worker.runner import Handler
+from worker.runner import JobType
 
-HANDLERS: dict[str, Handler] = {
-    "generate-image": generate_image,
-    "download-image": download_image,
-    "cancel-prediction": cancel_prediction,
+# What each job type's log lines carry; a failed attempt is recorded by the queue's own
+# rule (the generation follows its job in SQL: job_ended_fails_generation).
+HANDLERS: dict[str, JobType] = {
+    "generate-image": JobType(generate_image, log_fields=("generation_id", "model_id")),
+    "download-image": JobType(download_image, log_fields=("generation_id", "model_id")),
+    "cancel-prediction": JobType(cancel_prediction, log_fields=("generation_id", "prediction_id")),
 }
 
 __all__ = ["HANDLERS", "JobContext"]

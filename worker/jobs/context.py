@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.database import Database
+from worker.errors import JobError
 from worker.replicate import ReplicateClient
 from worker.settings import Settings
 from worker.storage import SupabaseStorage
@@ -19,10 +20,8 @@ class JobContext:
     worker_id: str
 
 
-class LeaseLost(Exception):
+class LeaseLost(JobError):
     """Another worker took the job over (or it was cancelled): this attempt is void."""
-
-    retryable = True
 
     def __init__(self) -> None:
         super().__init__("The job was taken over by another worker")

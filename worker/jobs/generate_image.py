@@ -5,7 +5,7 @@ from datetime import datetime
 
 import structlog
 
-from worker.database import Job, as_datetime
+from worker.database import Job
 from worker.errors import PermanentJobError
 from worker.generation import run_prediction
 from worker.jobs.context import JobContext, LeaseLost
@@ -44,7 +44,7 @@ async def generate_image(job: Job, ctx: JobContext) -> None:
         ctx.replicate,
         ctx.settings,
         resume_id=generation.get("replicate_prediction_id"),
-        requested_at=as_datetime(generation.get("prediction_requested_at")),
+        requested_at=generation.get("prediction_requested_at"),
         ledger=_GenerationLedger(job, ctx),
     )
     download_job = await ctx.db.generation_downloading(
