@@ -175,3 +175,32 @@ def test_the_image_installs_no_double(tmp_path: Path) -> None:
     assert {name.split("/")[0] for name in built} == set(PRODUCT)
     stand_in = re.compile(rf"^(?:def|class) (?:{'|'.join(DOUBLES)})\b", re.MULTILINE)
     assert [n for n in built if stand_in.search((tmp_path / "built" / n).read_text())] == []
+
+
+def test_the_cli_without_the_devstack_says_so() -> None:
+    """As in the image: `dev` and `token` refuse in one line, `generate` still takes --url."""
+    hide = "import sys; sys.modules['devstack'] = None; from api.cli import app; app()"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", hide, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+
+    for command in (["dev"], ["token"]):
+        result = cli(*command)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            "error: this installation has no dev stack (devstack/): run it from a checkout,"
+            " `make dev`"
+        )
+    queue = cli("queue")
+    assert queue.returncode == 1
+    assert (
+        queue.stderr.strip()
+        == "error: no database given: pass --database-url (or set DATABASE_URL)"
+    )
