@@ -5,6 +5,7 @@ FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The product only: devstack/ (the dev stack and its doubles) stays out (.dockerignore).
 COPY worker ./worker
 COPY api ./api
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -609,11 +608,10 @@ def create_app(
     settings: Settings,
     *,
     run_jobs: bool = True,
-    storage_root: Path | None = None,
 ) -> FastAPI:
     """`run_jobs`: also run the job runner in this process (`imagegen serve`).
-    `storage_root`: serve a local Supabase-Storage-compatible store at /storage/v1.
-    No Replicate simulator: only `imagegen dev` mounts one (api/dev.py), never `serve`."""
+    The product alone: `imagegen dev` mounts its file store and Replicate simulator on
+    this same app (devstack/stack.py), `serve` never does."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -668,14 +666,6 @@ def create_app(
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
-    if storage_root is not None:
-        from api.storage_server import create_storage_app
-
-        key = settings.supabase_service_role_key
-        app.mount(
-            "/storage/v1",
-            create_storage_app(storage_root, key.get_secret_value() if key else ""),
-        )
     # Inside EdgeMiddleware, so that its refusals carry CORS headers and are counted.
     app.add_middleware(
         RequestLimits,

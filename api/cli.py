@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import importlib.util
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+NO_DEVSTACK = "this installation has no dev stack (devstack/): run it from a checkout, `make dev`"
 
 
 def _fail(message: str) -> NoReturn:
@@ -36,11 +38,18 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _has_devstack() -> bool:
+    """The dev stack is in a checkout's install, never in the Docker image (devstack/)."""
+    return importlib.util.find_spec("devstack") is not None
+
+
 def _database_url(option: str | None) -> str:
     """--database-url, else DATABASE_URL, else the dev stack running from this project."""
     if url := option or os.environ.get("DATABASE_URL"):
         return url
-    from api.dev import DevError, DevState, local_dir, running_stack
+    if not _has_devstack():
+        _fail("no database given: pass --database-url (or set DATABASE_URL)")
+    from devstack.stack import DevError, DevState, local_dir, running_stack
 
     root = local_dir()
     try:
@@ -59,7 +68,9 @@ def _service_url(option: str | None) -> str:
     """--url, else IMAGEGEN_URL, else the running dev stack's, else the default."""
     if url := option or os.environ.get("IMAGEGEN_URL"):
         return url.rstrip("/")
-    from api.dev import local_dir, running_stack
+    if not _has_devstack():
+        return DEFAULT_URL
+    from devstack.stack import local_dir, running_stack
 
     stack = running_stack(local_dir())
     return stack.url if stack else DEFAULT_URL
@@ -184,7 +195,9 @@ def token(
     """Mint an access token for the local embedded default (never for a real project)."""
     import uuid
 
-    from api.dev import DevError, DevState, dev_token, local_dir
+    if not _has_devstack():
+        _fail(NO_DEVSTACK)
+    from devstack.stack import DevError, DevState, dev_token, local_dir
 
     root = local_dir()
     try:
@@ -212,7 +225,9 @@ def dev(
 ) -> None:
     """Run everything locally: PostgreSQL + pg_cron, the service, the file store and the
     Replicate simulator (unless REPLICATE_API_TOKEN is set); state in the project's .local/."""
-    from api import dev as devstack
+    if not _has_devstack():
+        _fail(NO_DEVSTACK)
+    from devstack import stack as devstack
 
     if reset:
         devstack.main_guard(lambda: devstack.reset(devstack.local_dir()))
@@ -222,10 +237,12 @@ def dev(
 
 
 def _default_token() -> str | None:
-    from api.dev import TOKEN_FILE, local_dir
-
     if token := os.environ.get("IMAGEGEN_TOKEN"):
         return token
+    if not _has_devstack():
+        return None
+    from devstack.stack import TOKEN_FILE, local_dir
+
     path = local_dir() / TOKEN_FILE
     return path.read_text().strip() if path.exists() else None
 

@@ -27,8 +27,6 @@ import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.auth import mint_dev_token
-from api.local_postgres import free_port
 from bench.common import cluster, parse_args, print_table, write_results
 from bench.processes import (
     FLUX,
@@ -44,6 +42,8 @@ from bench.processes import (
     waited_children_cpu_seconds,
     workspace,
 )
+from devstack.postgres import free_port
+from devstack.tokens import mint_dev_token
 
 ROUTE = "/functions/v1/start-generation"
 HISTOGRAM = "imagegen_http_request_duration_seconds"

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from api.local_postgres import BIN_DIR, LocalPostgres
+from devstack.postgres import BIN_DIR, LocalPostgres
 from worker.migrate import migrate
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

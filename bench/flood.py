@@ -22,8 +22,6 @@ from typing import Any
 
 import httpx
 
-from api.auth import mint_dev_token
-from api.local_postgres import free_port
 from bench.common import cluster, parse_args, percentile, print_table, write_results
 from bench.processes import (
     FLUX,
@@ -35,6 +33,8 @@ from bench.processes import (
     start_service,
     workspace,
 )
+from devstack.postgres import free_port
+from devstack.tokens import mint_dev_token
 from worker.settings import Settings
 
 ROUTE = "/functions/v1/start-generation"

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from api.local_postgres import free_port
 from bench.stand_ins import KEY_VARIABLE
+from devstack.postgres import free_port
 from worker.settings import Settings
 
 # Fresh for each run: the service gets them through its environment.

@@ -22,8 +22,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from api.storage_server import create_storage_app
-from worker.simulator import SimulatorConfig, create_simulator_app, render_image
+from devstack.simulator import SimulatorConfig, create_simulator_app, render_image
+from devstack.storage import create_storage_app
 
 KEY_VARIABLE = "STAND_INS_SERVICE_KEY"
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from api.local_postgres import LocalPostgres
+from devstack.postgres import LocalPostgres
 from worker.migrate import migrate
 
 TEMPLATE = "imagegen_template"

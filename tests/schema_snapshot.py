@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from api.local_postgres import BIN_DIR, LocalPostgres
+from devstack.postgres import BIN_DIR, LocalPostgres
 from worker.migrate import migrate
 
 SNAPSHOT = Path(__file__).resolve().parent / "schema_snapshot.sql"

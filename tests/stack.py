@@ -16,11 +16,11 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp
 
-from api.background_server import BackgroundServer
-from api.storage_server import create_storage_app
+from devstack.simulator import SimulatorConfig, create_simulator_app
+from devstack.storage import create_storage_app
 from tests.postgrest_standin import create_postgrest_app
+from tests.support.background_server import BackgroundServer
 from worker.settings import Settings
-from worker.simulator import SimulatorConfig, create_simulator_app
 
 
 @dataclass

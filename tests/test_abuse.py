@@ -41,16 +41,16 @@ from starlette.routing import Mount, Route
 
 import worker.source_image
 from api.app import create_app
-from api.background_server import BackgroundServer
-from api.storage_server import create_storage_app
+from devstack.simulator import SimulatorConfig, create_simulator_app
+from devstack.storage import create_storage_app
 from tests.conftest import make_user
 from tests.outbound import Outbound, keep_fetches_local
 from tests.stack import Stack
+from tests.support.background_server import BackgroundServer
 from tests.test_auth import EC_KEY, EC_KID, RSA_KEY, RSA_KID, _jwk, handmade
 from tests.test_security_sql import as_role
 from tests.torture import TortureReport
 from worker.logs import configure_logging
-from worker.simulator import SimulatorConfig, create_simulator_app
 from worker.source_image import is_public_address
 
 Conn = psycopg.Connection[dict[str, Any]]

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from supabase import create_client
 
 from api.app import create_app
-from api.auth import mint_dev_token
-from api.background_server import BackgroundServer
+from devstack.tokens import mint_dev_token
 from tests.conftest import http_response, make_user
 from tests.stack import Stack, run_stack
+from tests.support.background_server import BackgroundServer
 from worker.settings import Settings
 
 JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"

@@ -23,9 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import api.auth
-from api.auth import AuthError, TokenVerifier, mint_dev_token, verify_worker_secret
-from api.background_server import BackgroundServer
-from api.local_postgres import free_port
+from api.auth import AuthError, TokenVerifier, verify_worker_secret
+from devstack.postgres import free_port
+from devstack.tokens import mint_dev_token
+from tests.support.background_server import BackgroundServer
 
 SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 EC_KID = "ec-key-1"

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from api.local_postgres import free_port
+from devstack.postgres import free_port
 from tests.conftest import http_response
 from tests.test_migrations import run_cli
 

@@ -22,14 +22,14 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from api.local_postgres import LocalPostgres
+from devstack.postgres import LocalPostgres
+from devstack.simulator import SimulatorConfig
 from tests.conftest import make_user
 from tests.stack import run_stack
 from tests.test_crash_torture import simulator_predictions, spawn_worker, start_generation
 from tests.test_worker import wait_for
 from tests.torture import TortureReport, scale
 from worker.migrate import migrate
-from worker.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.torture
 

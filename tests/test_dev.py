@@ -26,8 +26,8 @@ import httpx
 import psycopg
 import pytest
 
-from api.dev import SHARED_CLUSTERS, DevState, _cluster_key, describe_schedule, project_root
-from api.local_postgres import free_port
+from devstack.postgres import free_port
+from devstack.stack import SHARED_CLUSTERS, DevState, _cluster_key, describe_schedule, project_root
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a lighthouse at dusk"

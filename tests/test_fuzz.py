@@ -31,11 +31,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from api.app import create_app
-from api.auth import mint_dev_token
-from api.background_server import BackgroundServer
+from devstack.simulator import MAX_SIDE, SimulatorConfig, validate_input
+from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
 from tests.outbound import Outbound, keep_fetches_local
 from tests.stack import run_stack
+from tests.support.background_server import BackgroundServer
 from tests.torture import FULL, TortureReport, scale
 from worker.models import (
     FLUX_SCHNELL_RATIOS,
@@ -46,7 +47,6 @@ from worker.models import (
     prediction_request,
 )
 from worker.postgres_gateway import _adapt, _statement
-from worker.simulator import MAX_SIDE, SimulatorConfig, validate_input
 
 Conn = psycopg.Connection[dict[str, Any]]
 

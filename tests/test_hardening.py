@@ -29,13 +29,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from api.app import create_app
-from api.auth import mint_dev_token
-from api.background_server import BackgroundServer
-from api.dev import DevState, dev_settings, dev_simulator
 from api.limits import MAX_HEADER_BYTES, MAX_HEADERS, uvicorn_options
-from api.local_postgres import LocalPostgres
+from devstack.postgres import LocalPostgres
+from devstack.stack import DevState, dev_settings, dev_simulator
+from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
 from tests.stack import Stack, run_stack
+from tests.support.background_server import BackgroundServer
 from tests.test_abuse import (
     FLUX,
     Listener,

@@ -21,10 +21,10 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from api.auth import mint_dev_token
-from api.background_server import BackgroundServer
+from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
 from tests.stack import Stack, run_stack
+from tests.support.background_server import BackgroundServer
 from tests.torture import TortureReport, scale
 
 pytestmark = pytest.mark.torture

@@ -16,10 +16,10 @@ from psycopg.conninfo import make_conninfo
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from api.background_server import BackgroundServer
-from api.local_postgres import free_port
+from devstack.postgres import free_port
 from tests.conftest import make_user
 from tests.postgrest_standin import create_postgrest_app
+from tests.support.background_server import BackgroundServer
 from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.postgrest_gateway import PostgrestGateway

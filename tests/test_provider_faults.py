@@ -16,13 +16,13 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from devstack.simulator import SimulatorConfig
 from tests.faults import assert_readable, backoff_skipped, hung_server, spread, unfinished
 from tests.pg import Server, fresh_database
 from tests.stack import Stack, run_stack
 from tests.test_worker import run_worker_until
 from tests.torture import FULL, TortureReport, scale
 from worker.settings import Settings
-from worker.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.torture
 

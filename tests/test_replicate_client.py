@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.background_server import BackgroundServer
-from api.local_postgres import free_port
+from devstack.postgres import free_port
+from devstack.simulator import SimulatorConfig, create_simulator_app
+from tests.support.background_server import BackgroundServer
 from worker.models import GenerationParams, build_replicate_input, prediction_request
 from worker.replicate import (
     ModelNotFound,
@@ -36,7 +37,6 @@ from worker.replicate import (
     ReplicateTransientError,
     parse_retry_after,
 )
-from worker.simulator import SimulatorConfig, create_simulator_app
 
 TOKEN = "r8_test-token-that-must-never-leak"
 DEFAULTS = SimulatorConfig(latency_seconds=0.05)

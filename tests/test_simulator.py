@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from starlette.applications import Starlette
 
-from api.background_server import BackgroundServer
+from devstack.simulator import SimulatorConfig, create_simulator_app
+from tests.support.background_server import BackgroundServer
 from worker.models import GenerationParams, build_replicate_input, expected_size, prediction_request
-from worker.simulator import SimulatorConfig, create_simulator_app
 
 AUTH = {"Authorization": "Bearer test-token"}
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.background_server import BackgroundServer
+from tests.support.background_server import BackgroundServer
 from worker.source_image import (
     IPAddress,
     Resolver,

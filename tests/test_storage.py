@@ -17,9 +17,9 @@ from starlette.routing import Mount, Route
 from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
-from api.background_server import BackgroundServer
-from api.local_postgres import free_port
-from api.storage_server import MultipartParser, PartEnd, PartStart, create_storage_app
+from devstack.postgres import free_port
+from devstack.storage import MultipartParser, PartEnd, PartStart, create_storage_app
+from tests.support.background_server import BackgroundServer
 from worker.storage import StorageError, SupabaseStorage
 
 KEY = "storage-test-service-key"

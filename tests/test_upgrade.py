@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from api.local_postgres import BIN_DIR
+from devstack.postgres import BIN_DIR
 from tests.conftest import signed_in
 from tests.old_picture import STORAGE, SUPABASE, OldPicture, build_old_picture, old_rows
 from tests.schema_snapshot import dump_schema

@@ -1,7 +1,7 @@
 """The one door to Supabase Storage: upload generated images, name their public URL.
 
 Built on storage3 (supabase-py's storage client) over our own httpx client, so that every
-call has an explicit timeout. Works against Supabase and against `api.storage_server`.
+call has an explicit timeout. Works against Supabase and against `devstack.storage`.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ import psycopg
 from supabase import Client, ClientOptions, create_client
 
 from api.app import create_app
-from api.auth import mint_dev_token
-from api.background_server import BackgroundServer
+from devstack.simulator import SimulatorConfig
+from devstack.tokens import mint_dev_token
 from tests.stack import Stack, run_stack
-from worker.simulator import SimulatorConfig
+from tests.support.background_server import BackgroundServer
 
 JWT_SECRET = "a-jwt-secret-for-the-compat-tests-0123456789"
 ENDED = ("completed", "failed")

@@ -17,9 +17,9 @@ import psycopg.types.json
 import pytest
 from supabase_functions.errors import FunctionsHttpError
 
+from devstack.simulator import SimulatorConfig
 from tests.compat.functions_client import Served, serve, wait_until_ended
 from tests.conftest import make_user, signed_in
-from worker.simulator import SimulatorConfig
 
 Conn = psycopg.Connection[Any]
 FAIL = "unrenderable"

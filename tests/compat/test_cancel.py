@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devstack.simulator import SimulatorConfig
 from tests.conftest import signed_in
 from tests.stack import run_stack
 from worker.service import open_worker
-from worker.simulator import SimulatorConfig
 
 Conn = psycopg.Connection[dict[str, Any]]
 SCHNELL = "black-forest-labs/flux-schnell"

@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from supabase_functions.errors import FunctionsHttpError
 
+from devstack.simulator import SimulatorConfig
 from tests.compat.functions_client import Served, serve, wait_until_ended
 from tests.conftest import make_user, signed_in
-from worker.simulator import SimulatorConfig
 
 FLUX = "black-forest-labs/flux-schnell"
 Conn = psycopg.Connection[Any]

@@ -32,8 +32,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from api.auth import mint_dev_token
-from api.local_postgres import LocalPostgres, free_port, postgres_url
+from devstack.postgres import LocalPostgres, free_port, postgres_url
+from devstack.tokens import mint_dev_token
 from worker.errors import UserFacingError
 from worker.logs import SafeStream
 from worker.migrate import migrate
@@ -318,7 +318,7 @@ def dev_settings(
 def dev_simulator(settings: Settings, state: DevState) -> Any:
     """The Replicate simulator `make dev` mounts at /replicate: its API takes only this
     run's Replicate token, its controls only the dev secret (the worker secret)."""
-    from worker.simulator import SimulatorConfig, create_simulator_app
+    from devstack.simulator import SimulatorConfig, create_simulator_app
 
     token = settings.replicate_api_token
     return create_simulator_app(
@@ -395,6 +395,26 @@ def add_home_page(app: Any, database_url: str, user_id: str) -> None:
     app.router.routes.insert(0, Route("/", home, methods=["GET"]))
 
 
+def create_dev_app(
+    settings: Settings, state: DevState, root: Path, database_url: str, *, simulate: bool
+) -> Any:
+    """The app `imagegen serve` runs, with the dev stack mounted around it: the file store
+    at /storage/v1, the Replicate simulator at /replicate (`simulate`), the home page."""
+    from api.app import create_app
+    from devstack.storage import create_storage_app
+
+    app = create_app(settings, run_jobs=True)
+    key = settings.supabase_service_role_key
+    app.mount(
+        "/storage/v1",
+        create_storage_app(root / "storage", key.get_secret_value() if key else ""),
+    )
+    if simulate:
+        app.mount("/replicate", dev_simulator(settings, state))
+    add_home_page(app, database_url, state.user_id)
+    return app
+
+
 # The whole stack.
 
 
@@ -404,7 +424,6 @@ def run(host: str, port: int) -> None:
     stops, PostgreSQL stops."""
     import uvicorn
 
-    from api.app import create_app
     from api.limits import uvicorn_options
     from worker.logs import configure_logging
 
@@ -428,10 +447,7 @@ def run(host: str, port: int) -> None:
             _write_private(root / TOKEN_FILE, dev_token(state, base))
             real = bool(os.environ.get("REPLICATE_API_TOKEN"))
             configure_logging(settings.log_level, settings.log_format)
-            app = create_app(settings, run_jobs=True, storage_root=root / "storage")
-            if not real:
-                app.mount("/replicate", dev_simulator(settings, state))
-            add_home_page(app, cluster.url(), state.user_id)
+            app = create_dev_app(settings, state, root, cluster.url(), simulate=not real)
             say(_banner(settings, root, cluster, schedule, real))
             server = _DrainFirstServer(
                 uvicorn.Config(

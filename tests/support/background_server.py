@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from api.local_postgres import free_port
+from devstack.postgres import free_port
 
 
 class BackgroundServer:

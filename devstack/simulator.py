@@ -4,7 +4,7 @@ rendering real (synthetic) images with Pillow. No model runs; every response say
 
 It stands in for Replicate in tests, benchmarks and the embedded default:
 
-    python -m worker.simulator --port 8787 --latency 1.5
+    python -m devstack.simulator --port 8787 --latency 1.5
     REPLICATE_BASE_URL=http://127.0.0.1:8787/v1 REPLICATE_API_TOKEN=anything ...
 
 or in code, `BackgroundServer(create_simulator_app(SimulatorConfig(...)))`, or mounted
