@@ -1648,6 +1648,21 @@ CREATE FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) RETUR
     returning prediction_requested_at
 $$;
 
+CREATE FUNCTION public.snooze_job(p_job_id uuid, p_worker_id text, p_until timestamp with time zone) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with snoozed as (
+        update job_queue
+        set status = 'pending', attempts = greatest(attempts - 1, 0),
+            scheduled_at = greatest(coalesce(p_until, now()), now()),
+            locked_by = null, locked_until = null, updated_at = now()
+        where id = p_job_id and status = 'processing' and locked_by = p_worker_id
+        returning id
+    )
+    select exists (select from snoozed)
+$$;
+
 CREATE FUNCTION public.start_batch(p_user_id uuid, p_request jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2402,6 +2417,9 @@ GRANT ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) TO
 
 REVOKE ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.snooze_job(p_job_id uuid, p_worker_id text, p_until timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.snooze_job(p_job_id uuid, p_worker_id text, p_until timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION public.start_batch(p_user_id uuid, p_request jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.start_batch(p_user_id uuid, p_request jsonb) TO service_role;

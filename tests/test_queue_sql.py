@@ -487,6 +487,28 @@ def test_complete_jobs_completes_only_what_this_worker_holds(conn: Conn) -> None
     assert again == []
 
 
+# snooze_job
+
+
+def test_snooze_hands_the_job_back_until_then_without_spending_an_attempt(conn: Conn) -> None:
+    job_id = enqueue(conn)
+    claim(conn, "worker-a")
+
+    assert conn.execute("select snooze_job(%s, 'worker-b', now()) as ok", (job_id,)).fetchone() == {
+        "ok": False
+    }
+    snoozed = conn.execute(
+        "select snooze_job(%s, 'worker-a', now() + interval '1 hour') as ok", (job_id,)
+    ).fetchone()
+
+    assert snoozed == {"ok": True}
+    row = job(conn, job_id)
+    assert (row["status"], row["attempts"], row["locked_by"]) == ("pending", 0, None)
+    assert claim(conn, "worker-c") == []
+    conn.execute("update job_queue set scheduled_at = now() where id = %s", (job_id,))
+    assert [row["attempts"] for row in claim(conn, "worker-c")] == [1]
+
+
 # release_jobs
 
 

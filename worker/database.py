@@ -240,6 +240,12 @@ class Database:
             await self._scalar("release_jobs", p_worker_id=worker_id, p_job_ids=list(job_ids)) or 0
         )
 
+    async def snooze_job(self, job_id: uuid.UUID, worker_id: str, until: datetime) -> bool:
+        """Hand a held job back until `until` without spending an attempt (sql/0060)."""
+        return bool(
+            await self._scalar("snooze_job", p_job_id=job_id, p_worker_id=worker_id, p_until=until)
+        )
+
     # Generations.
 
     async def start_generation(
