@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
@@ -21,8 +21,14 @@ from worker.gateway import DatabaseError, GatewayUnavailable
 
 log = structlog.get_logger(__name__)
 
+Connection = psycopg.AsyncConnection[Any]
+
 PING_TIMEOUT_SECONDS = 2.0
 SESSION_CHECK_SECONDS = 5.0  # how often the liveness session is used, to notice its loss
+# A connection of its own (LISTEN, the liveness session) is opened again after a loss
+# this soon, doubling up to the most while it keeps failing.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MOST_SECONDS = 2.0
 # How long a call may wait for a pooled connection, when shorter than the gateway's own
 # timeout: the HTTP service sets it per request (api/limits.py), so that an outage answers
 # a request within seconds while the job runner keeps waiting patiently.
@@ -54,7 +60,7 @@ class PostgresGateway:
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 10.0) -> None:
         self._url = url
         self._timeout = timeout
-        self._ping_conn: psycopg.AsyncConnection[Any] | None = None
+        self._ping_conn: Connection | None = None
         self._ping_lock = asyncio.Lock()
         self._pool = AsyncConnectionPool(
             url,
@@ -94,46 +100,58 @@ class PostgresGateway:
 
     async def listen(self, channel: str, wake: Callable[[], None]) -> None:
         """Wake on every NOTIFY; reconnect (and wake once, in case one was missed) on loss."""
-        delay = 0.1
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=int(self._timeout)
-                ) as conn:
-                    await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
-                    log.info("listening", channel=channel)
-                    delay = 0.1
-                    wake()
-                    async for _ in conn.notifies():
-                        wake()
-            except psycopg.Error as exc:
-                log.warning("listen connection lost", error=type(exc).__name__, retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+        async def session(conn: Connection, established: Callable[[], None]) -> float:
+            await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+            log.info("listening", channel=channel)
+            established()
+            wake()
+            async for _ in conn.notifies():
+                wake()
+            return RETRY_FIRST_SECONDS
+
+        await self._reconnecting("listen connection lost", session)
 
     async def hold_session(self, worker_id: str) -> None:
-        delay = 0.1
+        async def session(conn: Connection, established: Callable[[], None]) -> float:
+            cursor = await conn.execute("select public.register_worker(%s)", (worker_id,))
+            row = await cursor.fetchone()
+            if row and row[0]:
+                log.info("worker registered", worker_id=worker_id)
+                established()
+                while True:  # a query now and then notices a lost connection
+                    await asyncio.sleep(SESSION_CHECK_SECONDS)
+                    await conn.execute("select 1")
+            log.warning("worker id held by another session; lease only", worker_id=worker_id)
+            return RETRY_MOST_SECONDS
+
+        await self._reconnecting("worker session lost", session)
+
+    async def _reconnecting(
+        self,
+        lost: str,
+        session: Callable[[Connection, Callable[[], None]], Awaitable[float]],
+    ) -> None:
+        """Runs `session` on a connection of its own, for ever: a lost connection is
+        logged as `lost` and opened again after 0.1 s, doubling to 2 s while it keeps
+        failing. The session calls `established()` once it works (the next loss waits
+        0.1 s again); when it returns, it says how long to wait before it runs again."""
+        delay = RETRY_FIRST_SECONDS
+
+        def established() -> None:
+            nonlocal delay
+            delay = RETRY_FIRST_SECONDS
+
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self._url, autocommit=True, connect_timeout=int(self._timeout)
                 ) as conn:
-                    cursor = await conn.execute("select public.register_worker(%s)", (worker_id,))
-                    row = await cursor.fetchone()
-                    if row and row[0]:
-                        log.info("worker registered", worker_id=worker_id)
-                        delay = 0.1
-                        while True:  # a query now and then notices a lost connection
-                            await asyncio.sleep(SESSION_CHECK_SECONDS)
-                            await conn.execute("select 1")
-                    log.warning(
-                        "worker id held by another session; lease only", worker_id=worker_id
-                    )
-                    delay = 2.0
+                    delay = await session(conn, established)
             except psycopg.Error as exc:
-                log.warning("worker session lost", error=type(exc).__name__, retry_in=delay)
+                log.warning(lost, error=type(exc).__name__, retry_in=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RETRY_MOST_SECONDS)
 
     async def ping(self) -> bool:
         """On a connection of its own, not the pool's: /health must answer while a flood
