@@ -15,7 +15,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from devstack.postgres import BIN_DIR, LocalPostgres
+from devstack.postgres import BIN_DIR, LocalPostgres, temporary_cluster
 from worker.migrate import migrate
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -122,15 +121,8 @@ def cluster(database_url: str | None) -> Iterator[Cluster]:
     if database_url:
         yield Cluster(make_conninfo(database_url, dbname="postgres"), BIN_DIR)
         return
-    local = LocalPostgres(
-        Path(tempfile.mkdtemp(prefix="imagegen-bench-")), cron_database="imagegen", durable=True
-    )
-    try:
-        local.init()
-        local.start()
+    with temporary_cluster("imagegen-bench-", durable=True) as local:
         yield Cluster(local.url("postgres"), BIN_DIR, local)
-    finally:
-        local.destroy()
 
 
 def machine() -> dict[str, Any]:

@@ -11,6 +11,9 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -179,3 +182,16 @@ class LocalPostgres:
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)'.encode())
+
+
+@contextmanager
+def temporary_cluster(prefix: str, *, durable: bool) -> Iterator[LocalPostgres]:
+    """A running cluster in a new temporary directory on a free port, removed at exit
+    (the tests' throw-away one, the benchmarks' durable one)."""
+    cluster = LocalPostgres(Path(tempfile.mkdtemp(prefix=prefix)), durable=durable)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

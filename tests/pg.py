@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from devstack.postgres import LocalPostgres
+from devstack.postgres import LocalPostgres, temporary_cluster
 from worker.migrate import migrate
 
 TEMPLATE = "imagegen_template"
@@ -128,15 +126,8 @@ def start_server() -> Iterator[Server]:
     if choice == "supabase":
         yield from supabase_container()
         return
-    cluster = LocalPostgres(
-        Path(tempfile.mkdtemp(prefix="imagegen-pg-")), cron_database="imagegen", durable=False
-    )
-    try:
-        cluster.init()
-        cluster.start()
+    with temporary_cluster("imagegen-pg-", durable=False) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def prepare_template(server: Server) -> str:

@@ -340,9 +340,8 @@ class Database:
         width: int,
         height: int,
         format: str,
-        job_id: uuid.UUID | None = None,
-        worker_id: str | None = None,
-        user_id: uuid.UUID | None = None,
+        job_id: uuid.UUID,
+        worker_id: str,
     ) -> dict[str, Any] | None:
         rows = await self._rows(
             "finish_generation",
@@ -355,7 +354,6 @@ class Database:
             p_format=format,
             p_job_id=job_id,
             p_worker_id=worker_id,
-            p_user_id=user_id,
         )
         return rows[0] if rows else None
 
