@@ -37,9 +37,9 @@ bench-quick: system-deps venv
 	$(BIN)/python -m bench.run_all --quick
 
 # After adding a migration: rewrite tests/schema_snapshot.sql (pg_dump of a migrated
-# database) and commit it with the migration; tests/test_schema_snapshot.py compares them.
+# database) and commit it with the migration; tests/sql/test_schema_snapshot.py compares them.
 schema-snapshot: system-deps venv
-	$(BIN)/python -m tests.schema_snapshot
+	$(BIN)/python -m tests.support.schema_snapshot
 
 # Installs the Debian packages only when one of their files is missing.
 system-deps:

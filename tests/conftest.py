@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.old_picture import OldPicture, build_old_picture
-from tests.pg import Server, database_choice, fresh_database, prepare_template, start_server
-from tests.torture import TortureReport
+from tests.support.old_picture import OldPicture, build_old_picture
+from tests.support.pg import Server, database_choice, fresh_database, prepare_template, start_server
+from tests.support.torture import TortureReport
 from worker.migrate import migrate
 
 _REPORT = TortureReport()
@@ -21,7 +21,7 @@ _REPORT = TortureReport()
 
 @pytest.fixture(scope="session")
 def torture_report() -> TortureReport:
-    """Rows for the summary table printed at the end of the run (see tests/torture.py)."""
+    """Rows for the summary table printed at the end of the run (see tests/support/torture.py)."""
     return _REPORT
 
 
@@ -124,7 +124,7 @@ def http_response(conn: psycopg.Connection[Any], request_id: int, timeout: float
 def upgraded_picture(
     empty_database_url: str,
 ) -> Iterator[tuple[OldPicture, psycopg.Connection[dict[str, Any]]]]:
-    """The old Picture database (tests/old_picture.py) after `imagegen migrate`, and a
+    """The old Picture database (tests/support/old_picture.py) after `imagegen migrate`, and a
     connection to it."""
     old = build_old_picture(empty_database_url)
     migrate(empty_database_url)

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.simulator import SimulatorConfig
 from tests.conftest import signed_in
-from tests.stack import run_stack
+from tests.support.stack import run_stack
 from worker.service import open_worker
 
 Conn = psycopg.Connection[dict[str, Any]]

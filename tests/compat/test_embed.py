@@ -12,8 +12,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.conftest import make_user
-from tests.old_picture import OldPicture, build_old_picture, old_rows
-from tests.schema_snapshot import dump_schema
+from tests.support.old_picture import OldPicture, build_old_picture, old_rows
+from tests.support.schema_snapshot import dump_schema
 from worker.migrate import MigrationError, migrate
 
 Conn = psycopg.Connection[dict[str, Any]]

@@ -15,8 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.compat.functions_client import Served, serve
 from tests.conftest import make_user, signed_in
+from tests.support.functions_client import Served, serve
 
 FLUX = "black-forest-labs/flux-schnell"
 # M/components/RateLimitIndicator.tsx and checkCanGenerate in M/services/imageGenerationAsync.ts

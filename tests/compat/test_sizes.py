@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.compat.functions_client import Served, serve, wait_until_ended
 from tests.conftest import make_user
+from tests.support.functions_client import Served, serve, wait_until_ended
 from worker.images import inspect_image
 from worker.models import GenerationParams, expected_size
 

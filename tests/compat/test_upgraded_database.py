@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.conftest import signed_in
-from tests.old_picture import OldPicture
+from tests.support.old_picture import OldPicture
 
 Conn = psycopg.Connection[dict[str, Any]]
 

@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.compat.functions_client import Served, serve
 from tests.conftest import make_user, signed_in
+from tests.support.functions_client import Served, serve
 
 Conn = psycopg.Connection[Any]
 

@@ -17,7 +17,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.conftest import make_user, signed_in
-from tests.pg import Server, fresh_database
+from tests.support.pg import Server, fresh_database
 
 Conn = psycopg.Connection[dict[str, Any]]
 SCHNELL = "black-forest-labs/flux-schnell"

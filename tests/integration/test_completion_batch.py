@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.stack import run_stack
+from tests.support.stack import run_stack
 from worker.database import Database
 from worker.gateway import Gateway
 from worker.postgres_gateway import PostgresGateway

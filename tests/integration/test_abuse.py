@@ -9,8 +9,8 @@ and an RSA key, Storage) and the Replicate simulator:
 - SSRF through source_image_url in every form we know, with a listener proving that
   nothing connects;
 - every log line of a run with real secrets, scanned for them.
-tests/test_auth.py checks the verifier alone, tests/test_source_image.py the fetch alone,
-tests/test_security_sql.py the grants: this file checks the assembled service.
+tests/integration/test_auth.py checks the verifier alone, tests/integration/test_source_image.py the fetch alone,
+tests/sql/test_security_sql.py the grants: this file checks the assembled service.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from api.app import create_app
 from devstack.simulator import SimulatorConfig, create_simulator_app
 from devstack.storage import create_storage_app
 from tests.conftest import make_user
-from tests.outbound import Outbound, keep_fetches_local
-from tests.stack import Stack
+from tests.integration.test_auth import EC_KEY, EC_KID, RSA_KEY, RSA_KID, _jwk, handmade
+from tests.sql.test_security_sql import as_role
 from tests.support.background_server import BackgroundServer
-from tests.test_auth import EC_KEY, EC_KID, RSA_KEY, RSA_KID, _jwk, handmade
-from tests.test_security_sql import as_role
-from tests.torture import TortureReport
+from tests.support.outbound import Outbound, keep_fetches_local
+from tests.support.stack import Stack
+from tests.support.torture import TortureReport
 from worker.logs import configure_logging
 from worker.source_image import is_public_address
 

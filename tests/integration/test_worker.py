@@ -22,7 +22,7 @@ from PIL import Image
 from psycopg.rows import dict_row
 
 from tests.conftest import make_user
-from tests.stack import Stack, run_stack
+from tests.support.stack import Stack, run_stack
 from worker.models import CONTENT_TYPES, GenerationParams, expected_size
 from worker.service import open_worker
 from worker.settings import Settings

@@ -1,6 +1,6 @@
 """Hardening (issue 13): what an attacker and a crash found, each point replayed.
 
-Over real HTTP against the assembled service (tests.test_abuse's loopback stand-ins)
+Over real HTTP against the assembled service (tests.integration.test_abuse's loopback stand-ins)
 unless a point concerns one part alone (the storage stand-in, the simulator).
 """
 
@@ -34,9 +34,7 @@ from devstack.postgres import LocalPostgres
 from devstack.stack import DevState, dev_settings, dev_simulator
 from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.stack import Stack, run_stack
-from tests.support.background_server import BackgroundServer
-from tests.test_abuse import (
+from tests.integration.test_abuse import (
     FLUX,
     Listener,
     Service,
@@ -46,17 +44,22 @@ from tests.test_abuse import (
     serve,
     snapshot,
 )
-from tests.test_crash_torture import simulator_predictions, spawn_worker, start_generation
-from tests.test_db_restart import cluster, connect
-from tests.test_worker import wait_for
-from tests.torture import TortureReport, scale
+from tests.integration.test_worker import wait_for
+from tests.support.background_server import BackgroundServer
+from tests.support.stack import Stack, run_stack
+from tests.support.torture import TortureReport, scale
+from tests.torture.test_crash_torture import simulator_predictions, spawn_worker, start_generation
+from tests.torture.test_db_restart import cluster, connect
 from worker.migrate import migrate
 from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
 from worker.settings import Settings
 
 Conn = psycopg.Connection[dict[str, Any]]
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-__all__ = ["cluster", "listener"]  # fixtures of tests.test_db_restart and tests.test_abuse
+__all__ = [
+    "cluster",
+    "listener",
+]  # fixtures of tests.torture.test_db_restart and tests.integration.test_abuse
 
 
 @pytest.fixture
@@ -236,7 +239,7 @@ def test_output_urls_to_internal_addresses_are_never_fetched(
         assert [row["status"] for row in rows] == ["failed"] * len(targets), rows
         assert all("private or reserved" in row["error_message"] for row in rows), rows
         assert all(row["images"] == 0 for row in rows)
-        # The stack's own simulator origin is the one allowance (tests/stack.py).
+        # The stack's own simulator origin is the one allowance (tests/support/stack.py).
         service.stack.configure_simulator(output_override=None)
         done = _wait_for_generations(conn, [_start(service, token)])
         assert done[0]["status"] == "completed", done

@@ -1,6 +1,6 @@
 """The served service as the apps reach it: supabase-py's functions client over real HTTP
 against the API (with its runner), the Replicate simulator and the Storage stand-in of
-tests/stack.py. Shared by the compat tests of the server path."""
+tests/support/stack.py. Shared by the compat tests of the server path."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from supabase import Client, ClientOptions, create_client
 from api.app import create_app
 from devstack.simulator import SimulatorConfig
 from devstack.tokens import mint_dev_token
-from tests.stack import Stack, run_stack
 from tests.support.background_server import BackgroundServer
+from tests.support.stack import Stack, run_stack
 
 JWT_SECRET = "a-jwt-secret-for-the-compat-tests-0123456789"
 ENDED = ("completed", "failed")

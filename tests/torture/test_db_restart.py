@@ -25,10 +25,10 @@ from psycopg.rows import dict_row
 from devstack.postgres import LocalPostgres
 from devstack.simulator import SimulatorConfig
 from tests.conftest import make_user
-from tests.stack import run_stack
-from tests.test_crash_torture import simulator_predictions, spawn_worker, start_generation
-from tests.test_worker import wait_for
-from tests.torture import TortureReport, scale
+from tests.integration.test_worker import wait_for
+from tests.support.stack import run_stack
+from tests.support.torture import TortureReport, scale
+from tests.torture.test_crash_torture import simulator_predictions, spawn_worker, start_generation
 from worker.migrate import migrate
 
 pytestmark = pytest.mark.torture

@@ -1,4 +1,4 @@
-"""The migrations reproduce the committed schema snapshot (tests/schema_snapshot.py)."""
+"""The migrations reproduce the committed schema snapshot (tests/support/schema_snapshot.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import difflib
 
 import pytest
 
-from tests.pg import Server, is_plain_local
-from tests.schema_snapshot import SNAPSHOT, dump_schema, normalize
+from tests.support.pg import Server, is_plain_local
+from tests.support.schema_snapshot import SNAPSHOT, dump_schema, normalize
 
 
 def test_the_migrations_and_the_schema_snapshot_agree(pg_server: Server, database_url: str) -> None:

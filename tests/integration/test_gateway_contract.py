@@ -19,8 +19,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tests.conftest import make_user
-from tests.postgrest_standin import create_postgrest_app
 from tests.support.background_server import BackgroundServer
+from tests.support.postgrest_standin import create_postgrest_app
 from worker.database import Database
 from worker.gateway import DatabaseError, Gateway
 from worker.postgres_gateway import PostgresGateway

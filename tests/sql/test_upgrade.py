@@ -1,4 +1,4 @@
-"""`imagegen migrate` on the old Picture database (tests/old_picture.py): upgraded in place,
+"""`imagegen migrate` on the old Picture database (tests/support/old_picture.py): upgraded in place,
 every old row kept, the old holes closed, the old jobs run, a failure leaves it untouched;
 and on an empty Supabase-shaped database, the bucket and its policies."""
 
@@ -18,11 +18,11 @@ from psycopg.rows import dict_row
 
 from devstack.postgres import BIN_DIR
 from tests.conftest import signed_in
-from tests.old_picture import STORAGE, SUPABASE, OldPicture, build_old_picture, old_rows
-from tests.schema_snapshot import dump_schema
-from tests.stack import run_stack
-from tests.test_migrations import MIGRATION_NAMES, run_cli
-from tests.test_worker import run_worker_until
+from tests.integration.test_worker import run_worker_until
+from tests.sql.test_migrations import MIGRATION_NAMES, run_cli
+from tests.support.old_picture import STORAGE, SUPABASE, OldPicture, build_old_picture, old_rows
+from tests.support.schema_snapshot import dump_schema
+from tests.support.stack import run_stack
 from worker.migrate import MIGRATIONS_DIR, MigrationError, migrate
 
 Conn = psycopg.Connection[dict[str, Any]]

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import make_user
-from tests.test_worker import start
+from tests.integration.test_worker import start
 
 # An exception class name (ReadTimeout, RemoteProtocolError) is not for users.
 _CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)+\b")

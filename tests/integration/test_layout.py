@@ -21,7 +21,7 @@ from api.app import create_app
 from devstack.stack import DevState, create_dev_app, dev_settings
 from worker.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PRODUCT = ("api", "worker")
 # What a double is, whatever module holds it: each stand-in's entry point.
 DOUBLES = (

@@ -18,8 +18,8 @@ from starlette.types import ASGIApp
 
 from devstack.simulator import SimulatorConfig, create_simulator_app
 from devstack.storage import create_storage_app
-from tests.postgrest_standin import create_postgrest_app
 from tests.support.background_server import BackgroundServer
+from tests.support.postgrest_standin import create_postgrest_app
 from worker.settings import Settings
 
 

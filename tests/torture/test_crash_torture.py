@@ -30,9 +30,9 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user
-from tests.stack import Stack, run_stack
-from tests.test_worker import FAMILY_MODELS, run_worker_until, wait_for
-from tests.torture import TortureReport, scale
+from tests.integration.test_worker import FAMILY_MODELS, run_worker_until, wait_for
+from tests.support.stack import Stack, run_stack
+from tests.support.torture import TortureReport, scale
 from worker.models import GenerationParams, build_replicate_input, prediction_request
 from worker.settings import Settings
 

@@ -23,9 +23,9 @@ import pytest
 from api.app import create_app
 from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.stack import Stack, run_stack
 from tests.support.background_server import BackgroundServer
-from tests.torture import TortureReport, scale
+from tests.support.stack import Stack, run_stack
+from tests.support.torture import TortureReport, scale
 
 pytestmark = pytest.mark.torture
 
@@ -100,7 +100,7 @@ async def test_burst_of_one_user_is_capped_and_others_are_served(
             client = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.burst_client",
+                "tests.support.burst_client",
                 f"{api.url}/functions/v1/start-generation",
                 token,
                 str(burst),

@@ -13,7 +13,7 @@ import pytest
 
 from bench.processes import ROOT
 from bench.run_all import BENCHMARKS
-from tests.pg import Server
+from tests.support.pg import Server
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

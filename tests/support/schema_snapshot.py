@@ -1,7 +1,7 @@
 """The committed schema snapshot: `pg_dump --schema-only` of a freshly migrated database,
 normalized so that it is stable (no version banner, no session settings, no owners).
 
-tests/test_schema_snapshot.py fails when the migrations and tests/schema_snapshot.sql
+tests/sql/test_schema_snapshot.py fails when the migrations and tests/schema_snapshot.sql
 disagree, so every schema change shows up in review as a diff of that file. After adding
 a migration, refresh it with `make schema-snapshot` (this module run as a script: it
 starts a private cluster, migrates an empty database and writes the file).
@@ -18,7 +18,7 @@ from pathlib import Path
 from devstack.postgres import BIN_DIR, LocalPostgres
 from worker.migrate import migrate
 
-SNAPSHOT = Path(__file__).resolve().parent / "schema_snapshot.sql"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "schema_snapshot.sql"
 
 # Lines that change with the pg_dump version or the session, not with the schema.
 _NOISE = re.compile(r"^(--.*|SET .*|SELECT pg_catalog\.set_config\(.*|\\(un)?restrict .*)$")

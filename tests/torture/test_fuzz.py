@@ -7,7 +7,7 @@
   no row.
 - schemathesis over the app's OpenAPI, every endpoint, as a user, as the worker and as
   nobody: no 5xx, every 4xx an `{"error"}`, no trace of a refused request. Source-image
-  fetches stay on this machine (tests/outbound.py); Replicate is the simulator.
+  fetches stay on this machine (tests/support/outbound.py); Replicate is the simulator.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from api.app import create_app
 from devstack.simulator import MAX_SIDE, SimulatorConfig, validate_input
 from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.outbound import Outbound, keep_fetches_local
-from tests.stack import run_stack
 from tests.support.background_server import BackgroundServer
-from tests.torture import FULL, TortureReport, scale
+from tests.support.outbound import Outbound, keep_fetches_local
+from tests.support.stack import run_stack
+from tests.support.torture import FULL, TortureReport, scale
 from worker.models import (
     FLUX_SCHNELL_RATIOS,
     GenerationParams,

@@ -21,8 +21,8 @@ from supabase import create_client
 from api.app import create_app
 from devstack.tokens import mint_dev_token
 from tests.conftest import http_response, make_user
-from tests.stack import Stack, run_stack
 from tests.support.background_server import BackgroundServer
+from tests.support.stack import Stack, run_stack
 from worker.settings import Settings
 
 JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"

@@ -2,7 +2,7 @@
 the load generator does not share the server's interpreter (and its GIL). Prints `go`
 when it starts sending, then one JSON line: every answer's status and latency.
 
-    python -m tests.burst_client URL TOKEN COUNT
+    python -m tests.support.burst_client URL TOKEN COUNT
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from starlette.routing import Mount
 
 from devstack.postgres import free_port
 from tests.conftest import make_user
-from tests.postgrest_standin import create_postgrest_app
 from tests.support.background_server import BackgroundServer
+from tests.support.postgrest_standin import create_postgrest_app
 from worker.database import Database
 from worker.gateway import DatabaseError, GatewayUnavailable
 from worker.postgrest_gateway import PostgrestGateway

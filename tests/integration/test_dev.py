@@ -29,7 +29,7 @@ import pytest
 from devstack.postgres import free_port
 from devstack.stack import SHARED_CLUSTERS, DevState, _cluster_key, describe_schedule, project_root
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a lighthouse at dusk"
 TRACEBACK = "Traceback (most recent call last)"
 
