@@ -473,19 +473,22 @@ async def process_queue(request: Request) -> Response:
 
 
 async def get_generation(request: Request) -> Response:
-    """A generation and its image, for its owner (what the CLI polls)."""
+    """A generation and its image, for its owner (what the CLI polls), with `queue`: its
+    place in the queue and an estimate of when it is done (generation_queue_status)."""
     service = _service(request)
     user = await service.user(request)
     try:
         generation_id = uuid.UUID(request.query_params.get("id", ""))
     except ValueError as exc:
         raise ClientError(400, "id: must be a generation id (UUID)") from exc
+    db = service.worker.db
     try:
-        generation = await service.worker.db.get_generation(generation_id, user.user_id)
+        generation = await db.get_generation(generation_id, user.user_id)
+        if generation is None:
+            raise ClientError(404, "Generation not found")
+        generation["queue"] = await db.generation_queue_status(generation_id, user.user_id)
     except (DatabaseError, GatewayUnavailable) as exc:
         raise _database_failure(exc) from exc
-    if generation is None:
-        raise ClientError(404, "Generation not found")
     return JSONResponse(generation)
 
 

@@ -395,3 +395,12 @@ class Database:
             "get_generation", p_generation_id=generation_id, p_user_id=user_id
         )
         return dict(value) if value else None
+
+    async def generation_queue_status(
+        self, generation_id: uuid.UUID, user_id: uuid.UUID
+    ) -> dict[str, Any]:
+        """Its place in the queue and an estimate (sql/0082_generation_status.sql)."""
+        value = await self._scalar(
+            "generation_queue_status", p_generation_id=generation_id, p_user_id=user_id
+        )
+        return dict(value)

@@ -224,10 +224,11 @@ class Runner:
                 await kind.handler(job, self.context)
         except TimeoutError as exc:
             if not deadline.expired():
-                await self._fail(kind, job, bound, str(exc) or "Timed out", is_retryable(exc))
+                message = str(exc) or "Timed out"
+                await self._fail(kind, job, bound, message, is_retryable(exc), type(exc).__name__)
             else:
                 message = f"The job timed out after {self.job_timeout:g} s"
-                await self._fail(kind, job, bound, message, True)
+                await self._fail(kind, job, bound, message, True, "job_timeout")
             return False
         except asyncio.CancelledError:
             bound.info("job cancelled")
@@ -236,7 +237,7 @@ class Runner:
             if not isinstance(exc, ImagegenError):
                 bound.exception("job crashed")
             message = str(exc) or type(exc).__name__
-            await self._fail(kind, job, bound, message, is_retryable(exc))
+            await self._fail(kind, job, bound, message, is_retryable(exc), type(exc).__name__)
             return False
         else:
             self.stats.completed += 1
@@ -247,10 +248,17 @@ class Runner:
             metrics.JOB_DURATION.labels(job.job_type).observe(time.perf_counter() - started)
 
     async def _fail(
-        self, kind: JobType, job: Job, bound: Any, message: str, retryable: bool
+        self,
+        kind: JobType,
+        job: Job,
+        bound: Any,
+        message: str,
+        retryable: bool,
+        error_type: str,
     ) -> None:
         self.stats.errors += 1
-        details = {"worker_id": self.worker_id, "attempt": job.attempts}
+        # error_type becomes the attempt's error_kind in job_queue.attempt_history.
+        details = {"worker_id": self.worker_id, "attempt": job.attempts, "error_type": error_type}
         try:
             status = await kind.on_failure(
                 self.db, job, Failure(self.worker_id, message, details, retryable)
