@@ -1181,7 +1181,7 @@ CREATE TABLE public.images (
     CONSTRAINT images_width_check CHECK ((width > 0))
 );
 
-CREATE FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid DEFAULT NULL::uuid, p_worker_id text DEFAULT NULL::text, p_user_id uuid DEFAULT NULL::uuid) RETURNS SETOF public.images
+CREATE FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid DEFAULT NULL::uuid, p_worker_id text DEFAULT NULL::text, p_user_id uuid DEFAULT NULL::uuid, p_blurhash text DEFAULT NULL::text) RETURNS SETOF public.images
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1212,18 +1212,18 @@ begin
     return query
     update images
     set storage_path = p_storage_path, public_url = p_public_url, file_size = p_file_size,
-        width = p_width, height = p_height, format = p_format,
+        width = p_width, height = p_height, format = p_format, blurhash = p_blurhash,
         filename = p_generation_id || '.' || p_format
     where generation_id = p_generation_id
     returning *;
     if not found then
         return query
         insert into images (generation_id, user_id, filename, storage_path, public_url,
-                            file_size, width, height, format, prompt, negative_prompt, model,
-                            style)
+                            file_size, width, height, format, blurhash, prompt,
+                            negative_prompt, model, style)
         values (p_generation_id, g.user_id, p_generation_id || '.' || p_format,
                 p_storage_path, p_public_url, p_file_size, p_width, p_height, p_format,
-                g.prompt, g.negative_prompt, g.model, g.style)
+                p_blurhash, g.prompt, g.negative_prompt, g.model, g.style)
         returning *;
     end if;
 end
@@ -2426,8 +2426,8 @@ GRANT UPDATE(rating) ON TABLE public.images TO authenticated;
 
 GRANT UPDATE(archived_at) ON TABLE public.images TO authenticated;
 
-REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) TO service_role;
+REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid, p_blurhash text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid, p_blurhash text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.function_result_columns() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.function_result_columns() TO service_role;
