@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import difflib
 import importlib.util
+import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -185,6 +187,37 @@ def queue(database_url: str | None = DatabaseUrl) -> None:
             "" if duration is None else f"{duration:.2f}",
         )
     _wide_console().print(table if rows else "the queue is empty")
+
+
+@app.command()
+def events(
+    database_url: str | None = DatabaseUrl,
+    visibility_timeout: int = typer.Option(
+        30, min=1, help="Seconds a read event stays hidden from other readers before redelivery."
+    ),
+    batch_size: int = typer.Option(10, min=1, max=1000, help="Events read at a time."),
+    once: bool = typer.Option(False, "--once", help="Stop when no event is left to read."),
+) -> None:
+    """Follow the completion events (pgmq queue generation_events): one JSON line per
+    event on stdout, archived once printed."""
+    from worker.events import follow_events
+
+    def emit(event: dict[str, Any]) -> None:
+        typer.echo(json.dumps(event, default=str))
+        sys.stdout.flush()  # printed before archived: a crash in between re-delivers
+
+    try:
+        follow_events(
+            _database_url(database_url),
+            emit,
+            visibility_timeout=visibility_timeout,
+            batch_size=batch_size,
+            once=once,
+        )
+    except psycopg.Error as exc:
+        _fail(f"cannot read the events: {_first_line(exc)}")
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

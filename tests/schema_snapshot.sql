@@ -96,6 +96,52 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.announce_ended_batches() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    perform imagegen.publish_events(array(
+        select jsonb_build_object(
+            'event', 'batch.' || n.status,
+            'batch_id', n.id,
+            'user_id', n.user_id,
+            'status', n.status,
+            'total_count', n.total_count,
+            'completed_count', n.completed_count,
+            'failed_count', n.failed_count,
+            'occurred_at', now())
+        from new_rows n
+        join old_rows o on o.id = n.id
+        where n.status in ('completed', 'partial', 'failed')
+          and n.status is distinct from o.status
+        order by n.id));
+    return null;
+end
+$$;
+
+CREATE FUNCTION imagegen.announce_ended_generations() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    perform imagegen.publish_events(array(
+        select jsonb_build_object(
+            'event', 'generation.' || n.status,
+            'generation_id', n.id,
+            'user_id', n.user_id,
+            'batch_id', n.batch_id,
+            'status', n.status,
+            'error_message', n.error_message,
+            'occurred_at', now())
+        from new_rows n
+        join old_rows o on o.id = n.id
+        where n.status in ('completed', 'failed') and n.status is distinct from o.status
+        order by n.id));
+    return null;
+end
+$$;
+
 CREATE FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -400,6 +446,17 @@ begin
     new.completed_count := old.completed_count;
     new.failed_count := old.failed_count;
     return new;
+end
+$$;
+
+CREATE FUNCTION imagegen.publish_events(p_messages jsonb[]) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    if cardinality(p_messages) > 0 and to_regclass('pgmq.q_generation_events') is not null then
+        perform pgmq.send_batch('generation_events', p_messages);
+    end if;
 end
 $$;
 
@@ -1124,7 +1181,7 @@ CREATE TABLE public.images (
     CONSTRAINT images_width_check CHECK ((width > 0))
 );
 
-CREATE FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid DEFAULT NULL::uuid, p_worker_id text DEFAULT NULL::text, p_user_id uuid DEFAULT NULL::uuid) RETURNS SETOF public.images
+CREATE FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid DEFAULT NULL::uuid, p_worker_id text DEFAULT NULL::text, p_user_id uuid DEFAULT NULL::uuid, p_blurhash text DEFAULT NULL::text) RETURNS SETOF public.images
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1155,18 +1212,18 @@ begin
     return query
     update images
     set storage_path = p_storage_path, public_url = p_public_url, file_size = p_file_size,
-        width = p_width, height = p_height, format = p_format,
+        width = p_width, height = p_height, format = p_format, blurhash = p_blurhash,
         filename = p_generation_id || '.' || p_format
     where generation_id = p_generation_id
     returning *;
     if not found then
         return query
         insert into images (generation_id, user_id, filename, storage_path, public_url,
-                            file_size, width, height, format, prompt, negative_prompt, model,
-                            style)
+                            file_size, width, height, format, blurhash, prompt,
+                            negative_prompt, model, style)
         values (p_generation_id, g.user_id, p_generation_id || '.' || p_format,
                 p_storage_path, p_public_url, p_file_size, p_width, p_height, p_format,
-                g.prompt, g.negative_prompt, g.model, g.style)
+                p_blurhash, g.prompt, g.negative_prompt, g.model, g.style)
         returning *;
     end if;
 end
@@ -2109,6 +2166,10 @@ CREATE OR REPLACE VIEW public.batch_progress WITH (security_invoker='true') AS
      LEFT JOIN public.image_generations g ON ((g.batch_id = b.id)))
   GROUP BY b.id;
 
+CREATE TRIGGER announce_ended_batches AFTER UPDATE ON public.batch_generations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION imagegen.announce_ended_batches();
+
+CREATE TRIGGER announce_ended_generations AFTER UPDATE ON public.image_generations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION imagegen.announce_ended_generations();
+
 CREATE TRIGGER batch_counts_kept BEFORE UPDATE ON public.batch_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.keep_batch_counts();
 
 CREATE TRIGGER batch_items_counted AFTER UPDATE ON public.image_generations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION imagegen.count_batch_items();
@@ -2215,6 +2276,10 @@ REVOKE ALL ON FUNCTION imagegen.active_job(p_generation_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer, p_counted boolean) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.announce_ended_batches() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.announce_ended_generations() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
@@ -2242,6 +2307,8 @@ REVOKE ALL ON FUNCTION imagegen.integer_setting(p_key text, p_default integer) F
 REVOKE ALL ON FUNCTION imagegen.invalid(p_field text, p_message text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.keep_batch_counts() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.publish_events(p_messages jsonb[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.put_setting(p_key text, p_value text) FROM PUBLIC;
 
@@ -2359,8 +2426,8 @@ GRANT UPDATE(rating) ON TABLE public.images TO authenticated;
 
 GRANT UPDATE(archived_at) ON TABLE public.images TO authenticated;
 
-REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid) TO service_role;
+REVOKE ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid, p_blurhash text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_path text, p_public_url text, p_file_size bigint, p_width integer, p_height integer, p_format text, p_job_id uuid, p_worker_id text, p_user_id uuid, p_blurhash text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.function_result_columns() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.function_result_columns() TO service_role;

@@ -342,6 +342,7 @@ class Database:
         format: str,
         job_id: uuid.UUID,
         worker_id: str,
+        blurhash: str | None = None,
     ) -> dict[str, Any] | None:
         rows = await self._rows(
             "finish_generation",
@@ -352,6 +353,7 @@ class Database:
             p_width=width,
             p_height=height,
             p_format=format,
+            p_blurhash=blurhash,
             p_job_id=job_id,
             p_worker_id=worker_id,
         )

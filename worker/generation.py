@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from worker.errors import JobError, PermanentJobError
-from worker.images import ImageInfo, inspect_image, sanitize_svg
+from worker.images import ImageInfo, inspect_image, preview_hash, sanitize_svg
 from worker.models import (
     CONTENT_TYPES,
     GenerationParams,
@@ -89,6 +89,7 @@ class StoredImage:
     public_url: str
     file_size: int
     info: ImageInfo
+    blurhash: str | None
 
 
 async def run_prediction(
@@ -262,7 +263,8 @@ async def store_output(
     settings: Settings,
 ) -> StoredImage:
     """Stream the output to a temporary file, check it is the image it claims to be,
-    and upload it with its content type (upsert: a retry overwrites, never duplicates)."""
+    take its preview hash from those bytes, and upload it with its content type (upsert:
+    a retry overwrites, never duplicates)."""
     with tempfile.TemporaryFile() as spool:
         download = await replicate.download_output(
             output_url,
@@ -281,10 +283,12 @@ async def store_output(
         if info.format == "svg":
             size = sanitize_svg(spool)
             info = inspect_image(spool)
+        # Decoding is CPU work: off the event loop, so the worker's other jobs go on.
+        preview = await asyncio.to_thread(preview_hash, spool, info)
         path = _with_extension(storage_path, info.format)
         spool.seek(0)
         await storage.upload(path, spool, CONTENT_TYPES[info.format])
-    return StoredImage(path, storage.public_url(path), size, info)
+    return StoredImage(path, storage.public_url(path), size, info, preview)
 
 
 def output_policy(settings: Settings) -> OutputPolicy:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import blurhash
 import py_svg_hush
 from PIL import Image, UnidentifiedImageError
 
@@ -17,6 +18,13 @@ _SVG_LENGTH = re.compile(rb'\b(width|height)\s*=\s*["\']\s*([0-9.]+)\s*(px)?\s*[
 _SVG_VIEWBOX = re.compile(
     rb'\bviewBox\s*=\s*["\']\s*[-0-9.]+[ ,]+[-0-9.]+[ ,]+([0-9.]+)[ ,]+([0-9.]+)'
 )
+
+
+# A BlurHash is computed from a thumbnail this many pixels on its longer side: the hash
+# keeps only a few cosine components, so more pixels change nothing visible but the cost.
+PREVIEW_EDGE = 32
+# Components along the longer and the shorter side (BlurHash's recommended 4 by 3).
+PREVIEW_COMPONENTS = (4, 3)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,30 @@ def inspect_image(source: BinaryIO) -> ImageInfo:
     if fmt is None:
         raise PermanentJobError(f"The model returned an unsupported image format: {image.format}")
     return ImageInfo(fmt, width, height)
+
+
+def preview_hash(source: BinaryIO, info: ImageInfo) -> str | None:
+    """The BlurHash of a raster image, from the bytes being stored (decoded at thumbnail
+    size: JPEG's draft mode decodes at a fraction of full scale). None for an SVG, which
+    would need a renderer (docs/CONTRACT.md, "images")."""
+    if info.format == "svg":
+        return None
+    source.seek(0)
+    try:
+        with Image.open(source) as image:
+            image.draft("RGB", (PREVIEW_EDGE, PREVIEW_EDGE))
+            image.thumbnail((PREVIEW_EDGE, PREVIEW_EDGE))
+            thumbnail = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:  # a header fine, its pixels not
+        raise PermanentJobError("The model returned a file that is not a readable image") from exc
+    finally:
+        source.seek(0)
+    width, height = thumbnail.size
+    pixels = list(thumbnail.get_flattened_data())
+    rows = [pixels[y * width : (y + 1) * width] for y in range(height)]
+    longer, shorter = PREVIEW_COMPONENTS
+    x, y = (longer, shorter) if width >= height else (shorter, longer)
+    return str(blurhash.encode(rows, components_x=x, components_y=y))
 
 
 def _svg_info(root: bytes) -> ImageInfo:

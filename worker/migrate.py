@@ -7,6 +7,11 @@ so a run that stopped after some files would leave a state nobody tested. The pr
 migration cannot use statements that refuse a transaction block (`create index
 concurrently`, `vacuum`, `alter system`); none do, and a later one that must will need
 its own mechanism.
+
+pgmq (the queue of completion events, sql/0085) is installed first, in the same
+transaction, where the database has none: the server's `pgmq` extension when it has one
+(Supabase), else the SQL the pgmq package ships. So `make dev`, the tests and an upgrade
+of the old database all get it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from pgmq.install import PGMQInstallError, install_pgmq_from_sql
 
 from worker.errors import ImagegenError
 
@@ -72,6 +78,7 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 # Released at commit or rollback: a second migrator waits, then sees the work.
                 conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 conn.execute(_CREATE_TABLE)
+                install_pgmq(conn)
                 done: dict[str, str] = dict(
                     conn.execute("select name, checksum from imagegen.migrations").fetchall()
                 )
@@ -100,6 +107,23 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
         except psycopg.Error as exc:
             raise MigrationError(f"migrations failed: {exc}{_nothing_applied(applied)}") from exc
     return applied
+
+
+def install_pgmq(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """Install pgmq where the database has none; say how ("extension" or "sql <version>"),
+    or None when it was there. The package's SQL cannot be run twice, hence the check."""
+    if conn.execute("select to_regnamespace('pgmq') is not null").fetchone() == (True,):
+        return None
+    available = conn.execute(
+        "select exists (select from pg_available_extensions where name = 'pgmq')"
+    ).fetchone()
+    if available == (True,):
+        conn.execute("create extension if not exists pgmq")
+        return "extension"
+    try:
+        return f"sql {install_pgmq_from_sql(conn=conn)}"
+    except PGMQInstallError as exc:
+        raise MigrationError(f"installing pgmq failed: {exc}" + _nothing_applied([])) from exc
 
 
 def _nothing_applied(before: list[str]) -> str:

@@ -25,9 +25,17 @@ _NOISE = re.compile(r"^(--.*|SET .*|SELECT pg_catalog\.set_config\(.*|\\(un)?res
 
 
 def dump_schema(database_url: str) -> str:
-    """The normalized schema of that database."""
+    """The normalized schema of that database, without the schema `pgmq`: that one is the
+    pgmq package's SQL as it pins it (worker/migrate.py), not ours."""
     result = subprocess.run(
-        [str(BIN_DIR / "pg_dump"), "--schema-only", "--no-owner", "--dbname", database_url],
+        [
+            str(BIN_DIR / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--exclude-schema=pgmq",
+            "--dbname",
+            database_url,
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -34,6 +34,7 @@ async def download_image(job: Job, ctx: JobContext) -> None:
         width=stored.info.width,
         height=stored.info.height,
         format=stored.info.format,
+        blurhash=stored.blurhash,
         job_id=job.id,
         worker_id=ctx.worker_id,
     )
