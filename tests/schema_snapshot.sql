@@ -142,6 +142,33 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.assign_turn() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_owner text := coalesce(new.created_by::text, new.payload ->> 'user_id');
+    v_round bigint;
+    v_last bigint;
+begin
+    select turn into v_round
+    from job_queue
+    where status = 'pending' and priority = new.priority
+    order by turn
+    limit 1;
+    if v_owner is not null then
+        select turn into v_last
+        from job_queue
+        where status = 'pending' and priority = new.priority
+          and coalesce(created_by::text, payload ->> 'user_id') = v_owner
+        order by turn desc
+        limit 1;
+    end if;
+    new.turn := greatest(coalesce(v_round, 0), coalesce(v_last + 1, 0));
+    return new;
+end
+$$;
+
 CREATE FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -391,6 +418,78 @@ begin
 end
 $_$;
 
+CREATE FUNCTION imagegen.generation_status(p_generation_id uuid, p_user_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    g image_generations;
+    j job_queue;
+    v_ahead bigint;
+    v_busy bigint;
+    v_samples integer;
+    v_median numeric;
+    v_basis text;
+    v_estimate numeric;
+begin
+    select * into g from image_generations where id = p_generation_id and user_id = p_user_id;
+    if not found then
+        perform imagegen.invalid('generation_id', 'Unknown generation');
+    end if;
+
+    select count(*), percentile_cont(0.5) within group (order by seconds)
+    into v_samples, v_median
+    from (select generation_time_seconds as seconds
+          from image_generations
+          where model = g.model and status = 'completed'
+            and completed_at > now() - interval '1 hour'
+            and generation_time_seconds is not null
+          order by completed_at desc
+          limit 100) recent;
+    if v_samples > 0 then
+        v_basis := 'recent';
+    else
+        select estimated_time_seconds into v_median
+        from models where id = g.model_id or (g.model_id is null and name = g.model)
+        limit 1;
+        v_basis := case when v_median is not null then 'model' end;
+    end if;
+
+    select * into j
+    from job_queue
+    where payload ? 'generation_id' and payload ->> 'generation_id' = g.id::text
+      and status in ('pending', 'processing')
+    order by created_at desc
+    limit 1;
+    select count(*) into v_busy from job_queue where status = 'processing';
+
+    if j.status = 'pending' then
+        select count(*) into v_ahead
+        from (select from job_queue
+              where status = 'pending' and scheduled_at <= now() and priority > j.priority
+              union all
+              select from job_queue
+              where status = 'pending' and scheduled_at <= now() and priority = j.priority
+                and (turn, created_at) < (j.turn, j.created_at)) ahead;
+        v_estimate := (floor(v_ahead / greatest(v_busy, 1)) + 1) * v_median;
+    elsif j.status = 'processing' then
+        v_estimate := greatest(v_median - extract(epoch from now() - j.started_at), 0);
+    end if;
+
+    return jsonb_build_object(
+        'generation_id', g.id,
+        'status', g.status,
+        'job_status', j.status,
+        'position', v_ahead + 1,
+        'workers_busy', v_busy,
+        'median_seconds', round(v_median, 1),
+        'estimate_basis', v_basis,
+        'samples', v_samples,
+        'estimated_seconds', round(v_estimate)
+    );
+end
+$$;
+
 CREATE FUNCTION imagegen.get_setting(p_key text) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'imagegen', 'pg_temp'
@@ -612,6 +711,55 @@ begin
         'max_batch_size', coalesce(r.max_batch_size, imagegen.integer_setting('max_batch_size', 10)),
         'retry_at', v_retry_at
     );
+end
+$$;
+
+CREATE FUNCTION imagegen.record_attempt() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    c_kept constant integer := 10;
+    c_message_chars constant integer := 500;
+    v_outcome text;
+    v_kind text := new.error_details ->> 'error_type';
+    v_error text;
+begin
+    if new.status = 'processing' then
+        -- A new attempt began while this one held the job: its lease ran out.
+        v_outcome := 'lost';
+        v_kind := 'lease_expired';
+        v_error := 'The worker stopped renewing its lease';
+    elsif v_kind = 'lease_expired' then
+        v_outcome := 'lost';
+        v_error := new.error_message;
+    elsif new.status = 'pending' then
+        v_outcome := 'retry';
+        v_error := new.error_message;
+    elsif new.status = 'failed' then
+        v_outcome := 'failed';
+        v_error := new.error_message;
+    else
+        -- completed, or cancelled (error_details is then an earlier attempt's)
+        v_outcome := new.status;
+        v_error := case when new.status = 'cancelled' then new.error_message end;
+        v_kind := null;
+    end if;
+
+    new.attempt_history := old.attempt_history || jsonb_build_array(jsonb_strip_nulls(
+        jsonb_build_object(
+            'attempt', old.attempts,
+            'worker', old.locked_by,
+            'started_at', old.started_at,
+            'finished_at', now(),
+            'outcome', v_outcome,
+            'error', left(v_error, c_message_chars),
+            'error_kind', v_kind
+        )));
+    while jsonb_array_length(new.attempt_history) > c_kept loop
+        new.attempt_history := new.attempt_history - 0;
+    end loop;
+    return new;
 end
 $$;
 
@@ -862,6 +1010,8 @@ CREATE TABLE public.job_queue (
     locked_until timestamp with time zone,
     result jsonb,
     dedupe_key text,
+    turn bigint DEFAULT 0 NOT NULL,
+    attempt_history jsonb DEFAULT '[]'::jsonb NOT NULL,
     CONSTRAINT job_queue_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT job_queue_job_type_check CHECK ((job_type ~ '^[a-z][a-z0-9-]{0,62}$'::text)),
     CONSTRAINT job_queue_max_attempts_check CHECK ((max_attempts > 0)),
@@ -902,28 +1052,30 @@ CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p
     with exhausted as (
         -- A lease that ran out on the final attempt: the job fails (and with it, by the
         -- rule of section 8, its generation) instead of running forever a job that keeps
-        -- killing its workers.
+        -- killing its workers. error_type marks the attempt as lost in its history.
         update job_queue
         set status = 'failed', completed_at = now(), updated_at = now(),
             error_message = 'Image generation failed: the worker stopped responding '
                             'during the final attempt. Please try again.',
+            error_details = jsonb_build_object('error_type', 'lease_expired',
+                                               'worker_id', locked_by, 'attempt', attempts),
             locked_by = null, locked_until = null
         where status = 'processing' and locked_until < now() and attempts >= max_attempts
           and (p_job_types is null or job_type = any (p_job_types))
     ),
     due as (
-        select id, priority, created_at
+        select id, priority, turn, created_at
         from job_queue
         where status = 'pending'
           and scheduled_at <= now()
           and (p_job_types is null or job_type = any (p_job_types))
-        order by priority desc, created_at
+        order by priority desc, turn, created_at
         limit coalesce(p_limit, 1)
         for update skip locked
     ),
     expired as (
         -- A lease that ran out means its worker vanished: the job is taken over.
-        select id, priority, created_at
+        select id, priority, turn, created_at
         from job_queue
         where status = 'processing'
           and locked_until < now()
@@ -935,7 +1087,7 @@ CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p
     ),
     chosen as (
         select id from (select * from due union all select * from expired) candidates
-        order by priority desc, created_at
+        order by priority desc, turn, created_at
         limit coalesce(p_limit, 1)
     )
     update job_queue j
@@ -1421,6 +1573,20 @@ begin
     );
 end
 $_$;
+
+CREATE FUNCTION public.generation_queue_status(p_generation_id uuid, p_user_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select imagegen.generation_status(p_generation_id, p_user_id)
+$$;
+
+CREATE FUNCTION public.generation_status(p_generation_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select imagegen.generation_status(p_generation_id, auth.uid())
+$$;
 
 CREATE FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
@@ -2121,6 +2287,8 @@ CREATE INDEX image_generations_active_idx ON public.image_generations USING btre
 
 CREATE INDEX image_generations_batch_idx ON public.image_generations USING btree (batch_id, batch_index) WHERE (batch_id IS NOT NULL);
 
+CREATE INDEX image_generations_model_completed_idx ON public.image_generations USING btree (model, completed_at DESC) INCLUDE (generation_time_seconds) WHERE (status = 'completed'::text);
+
 CREATE UNIQUE INDEX image_generations_replicate_prediction_id_key ON public.image_generations USING btree (replicate_prediction_id) WHERE (replicate_prediction_id IS NOT NULL);
 
 CREATE INDEX image_generations_user_active_idx ON public.image_generations USING btree (user_id) WHERE (status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text]));
@@ -2135,13 +2303,15 @@ CREATE INDEX job_queue_created_by_idx ON public.job_queue USING btree (created_b
 
 CREATE UNIQUE INDEX job_queue_dedupe_idx ON public.job_queue USING btree (dedupe_key) WHERE ((dedupe_key IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
 
+CREATE INDEX job_queue_fair_idx ON public.job_queue USING btree (priority DESC, turn, created_at) INCLUDE (scheduled_at) WHERE (status = 'pending'::text);
+
 CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]));
 
 CREATE INDEX job_queue_generation_idx ON public.job_queue USING btree (((payload ->> 'generation_id'::text))) WHERE (payload ? 'generation_id'::text);
 
 CREATE INDEX job_queue_lease_idx ON public.job_queue USING btree (locked_until) WHERE (status = 'processing'::text);
 
-CREATE INDEX job_queue_pending_idx ON public.job_queue USING btree (priority DESC, created_at) WHERE (status = 'pending'::text);
+CREATE INDEX job_queue_owner_turn_idx ON public.job_queue USING btree (COALESCE((created_by)::text, (payload ->> 'user_id'::text)), priority, turn) WHERE (status = 'pending'::text);
 
 CREATE UNIQUE INDEX models_one_default_idx ON public.models USING btree (is_default) WHERE is_default;
 
@@ -2186,7 +2356,11 @@ CREATE TRIGGER failed_generation_stops_its_work AFTER UPDATE OF status ON public
 
 CREATE TRIGGER generation_failed_stamps_completed_at BEFORE UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'failed'::text) AND (old.status IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION imagegen.stamp_ended_generation();
 
+CREATE TRIGGER job_attempt_recorded BEFORE UPDATE ON public.job_queue FOR EACH ROW WHEN (((old.status = 'processing'::text) AND ((new.status <> 'processing'::text) OR (new.attempts > old.attempts)) AND (NOT ((new.status = 'pending'::text) AND (new.attempts < old.attempts))))) EXECUTE FUNCTION imagegen.record_attempt();
+
 CREATE TRIGGER job_ended_fails_generation AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = ANY (ARRAY['failed'::text, 'cancelled'::text])) AND (old.status <> ALL (ARRAY['failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION imagegen.fail_generation_of_ended_job();
+
+CREATE TRIGGER job_takes_its_turn BEFORE INSERT ON public.job_queue FOR EACH ROW WHEN ((new.status = 'pending'::text)) EXECUTE FUNCTION imagegen.assign_turn();
 
 ALTER TABLE ONLY public.batch_generations
     ADD CONSTRAINT batch_generations_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
@@ -2280,6 +2454,8 @@ REVOKE ALL ON FUNCTION imagegen.announce_ended_batches() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.announce_ended_generations() FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.assign_turn() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
@@ -2297,6 +2473,8 @@ REVOKE ALL ON FUNCTION imagegen.count_batch_items() FROM PUBLIC;
 REVOKE ALL ON FUNCTION imagegen.cron_version_at_least(p_major integer, p_minor integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.fail_generation_of_ended_job() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.generation_status(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.get_setting(p_key text) FROM PUBLIC;
 
@@ -2319,6 +2497,8 @@ REVOKE ALL ON FUNCTION imagegen.queue_generation(p_generation_id uuid, p jsonb) 
 REVOKE ALL ON FUNCTION imagegen.ran_before(p_generation_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.rate_limits(p_user_id uuid, p_count integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.record_attempt() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.refuse_reopening_generation() FROM PUBLIC;
 
@@ -2437,6 +2617,13 @@ GRANT ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id t
 
 REVOKE ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.generation_queue_status(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.generation_queue_status(p_generation_id uuid, p_user_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.generation_status(p_generation_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.generation_status(p_generation_id uuid) TO authenticated;
+GRANT ALL ON FUNCTION public.generation_status(p_generation_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_generation(p_generation_id uuid, p_user_id uuid) TO service_role;

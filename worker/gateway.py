@@ -45,7 +45,7 @@ class Gateway(Protocol):
     """Both gateways give the same Python types for the same SQL types: uuid as
     uuid.UUID, timestamptz as an aware datetime, numeric as Decimal, double precision as
     float, json and jsonb as dicts, lists and plain JSON values (inside which uuids and
-    timestamps stay text), arrays as lists (tests/test_gateway_contract.py)."""
+    timestamps stay text), arrays as lists (tests/integration/test_gateway_contract.py)."""
 
     async def open(self) -> None:
         """Get ready for calls; a database that cannot be reached now is not an error

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import make_user
-from tests.old_picture import build_old_picture
+from tests.support.old_picture import build_old_picture
 from worker.migrate import migrate
 
 Conn = psycopg.Connection[dict[str, Any]]

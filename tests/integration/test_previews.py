@@ -19,8 +19,8 @@ from PIL import Image
 
 from devstack.simulator import render_image
 from tests.conftest import make_user
-from tests.stack import Stack, run_stack
-from tests.test_worker import run_worker_until, start
+from tests.integration.test_worker import run_worker_until, start
+from tests.support.stack import Stack, run_stack
 from worker.images import inspect_image, preview_hash
 
 RASTER = {"webp": "WEBP", "png": "PNG", "jpg": "JPEG"}  # what the simulator saves, by extension
