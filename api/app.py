@@ -88,7 +88,7 @@ def is_blank(text: str) -> bool:
 
 
 class GenerationBody(BaseModel):
-    """The generation parameters every endpoint accepts (CONTRACT §1)."""
+    """The generation parameters every endpoint accepts (docs/CONTRACT.md §1)."""
 
     model_config = ConfigDict(extra="ignore", str_max_length=4000)
 

@@ -1,4 +1,4 @@
-"""Model input builders: what each Replicate model family receives (CONTRACT §4).
+"""Model input builders: what each Replicate model family receives (docs/CONTRACT.md §4).
 
 Families are data: a table matched by substring of `model_id`, in the contract's order,
 first match wins. Each row names a small pure function building the base input, how an
@@ -61,7 +61,7 @@ class GenerationParams:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> GenerationParams:
-        """From a `generate-image` job payload (CONTRACT §1) or a request body.
+        """From a `generate-image` job payload (docs/CONTRACT.md §1) or a request body.
         Missing or null values take the defaults; a 0 stays 0 (guidance 0 is valid)."""
         try:
             params = cls(
@@ -332,7 +332,7 @@ class Family:
     image: ImageRule | None = None
 
 
-# CONTRACT §4, in its order: first match wins ("sdxl-lightning" before "sdxl", ...).
+# docs/CONTRACT.md §4, in its order: first match wins ("sdxl-lightning" before "sdxl", ...).
 FAMILIES: tuple[Family, ...] = (
     Family("flux-schnell", ("flux-schnell",), _flux_schnell, _size_from_aspect_ratio, seed=False),
     Family(
@@ -418,7 +418,7 @@ def expected_size(params: GenerationParams) -> tuple[int, int]:
 
 
 def output_format(model_id: str, output_url: str) -> str:
-    """webp, png, jpeg or svg: what the stored file will be (CONTRACT §4)."""
+    """webp, png, jpeg or svg: what the stored file will be (docs/CONTRACT.md §4)."""
     family = family_for(model_id).name
     if family == "recraft-v3-svg":
         return "svg"

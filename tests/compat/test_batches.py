@@ -1,4 +1,4 @@
-"""Batches as the mobile app drives them (CLIENTS.md §2 flow 5, M/store/batchStore.ts and
+"""Batches as the mobile app drives them (docs/CLIENTS.md §2 flow 5, M/store/batchStore.ts and
 M/components/batch/BatchGenerationModal.tsx): batch-generate, then batch_progress and
 batch_generations read as the signed-in user, retry (failed -> pending, then
 process-queue), cancel (pending -> failed) and delete, each to its end state."""

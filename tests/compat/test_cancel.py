@@ -1,4 +1,4 @@
-"""Cancels the apps make by UPDATE (CLIENTS.md flows 1, 2 and 3), and cancel_generation():
+"""Cancels the apps make by UPDATE (docs/CLIENTS.md flows 1, 2 and 3), and cancel_generation():
 each becomes the system's cancel (sql/0020_client_writes.sql): the row fails, its active
 jobs are cancelled and a running prediction is cancelled at Replicate."""
 

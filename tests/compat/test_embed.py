@@ -1,4 +1,4 @@
-"""`select('*, images(*)')` embeds `images` as an array (CLIENTS.md flow 3: the apps read
+"""`select('*, images(*)')` embeds `images` as an array (docs/CLIENTS.md flow 3: the apps read
 `generation.images[0]`), while a generation still has at most one image
 (sql/0021_gallery_writes.sql), on a fresh install and on the upgraded old database."""
 
@@ -51,7 +51,7 @@ where traint.contype = 'f' and traint.conparentid = 0
 
 
 def assert_images_embed_as_an_array_of_at_most_one(conn: Conn, user_id: uuid.UUID) -> None:
-    # The gallery's columns (CLIENTS.md flow 6) are there.
+    # The gallery's columns (docs/CLIENTS.md flow 6) are there.
     columns = conn.execute(
         "select column_name from information_schema.columns"
         " where table_schema = 'public' and table_name = 'images'"

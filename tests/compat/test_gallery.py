@@ -1,4 +1,4 @@
-"""CLIENTS.md flow 6, the gallery and the archive, as the apps' statements run through
+"""docs/CLIENTS.md flow 6, the gallery and the archive, as the apps' statements run through
 PostgREST: archive filters with an exact count and a range, favourites, publishing,
 filling in a missing public_url, and deleting their own images (sql/0021_gallery_writes.sql)."""
 

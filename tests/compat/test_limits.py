@@ -1,4 +1,4 @@
-"""Per-user limits as the apps read them and as admission enforces them (CLIENTS.md §2
+"""Per-user limits as the apps read them and as admission enforces them (docs/CLIENTS.md §2
 flows 3-4): `rpc('get_user_limits', {p_user_id})` replayed the way PostgREST runs it, and
 refusals that write nothing and say when to come back."""
 

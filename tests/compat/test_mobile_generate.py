@@ -1,4 +1,4 @@
-"""CLIENTS.md flow 1, the mobile app's main flow: it inserts its own pending
+"""docs/CLIENTS.md flow 1, the mobile app's main flow: it inserts its own pending
 image_generations row, then calls the legacy generate-image (the other half, in the
 legacy endpoint's tests) and, on an error, reports it on the row."""
 

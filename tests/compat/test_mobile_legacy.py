@@ -1,4 +1,4 @@
-"""The mobile app's main flow (CLIENTS.md §2 flow 1, M/services/imageGeneration.ts and
+"""The mobile app's main flow (docs/CLIENTS.md §2 flow 1, M/services/imageGeneration.ts and
 M/components/remix/RemixBottomSheet.tsx): it inserts its own `pending` generation as the
 signed-in user, then invokes the legacy `generate-image` with `generation_id` and waits.
 The row goes processing (with the prediction id) and completed with its image, or failed

@@ -1,4 +1,4 @@
-"""CLIENTS.md flow 9: the model lists of apps/mobile/services/models.ts and
+"""docs/CLIENTS.md flow 9: the model lists of apps/mobile/services/models.ts and
 apps/web/src/lib/api/models.ts, as PostgREST runs them for a signed-in user."""
 
 from __future__ import annotations

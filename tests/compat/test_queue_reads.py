@@ -1,4 +1,4 @@
-"""CLIENTS.md flow 7, packages/shared/src/queue.ts: a user reads their own jobs by id and
+"""docs/CLIENTS.md flow 7, packages/shared/src/queue.ts: a user reads their own jobs by id and
 by status, and the views queue_health and failed_jobs_recent, as PostgREST runs them."""
 
 from __future__ import annotations

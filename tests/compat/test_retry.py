@@ -1,4 +1,4 @@
-"""The retry the mobile app makes by UPDATE (CLIENTS.md flow 5, apps/mobile/store/
+"""The retry the mobile app makes by UPDATE (docs/CLIENTS.md flow 5, apps/mobile/store/
 batchStore.ts, retryFailed: `.update({status: 'pending', error_message: null,
 retry_count: 0})` on failed generations): the row is pending again, clean, and gets one
 job at a time (the dedupe key `generate-image:<id>`)."""

@@ -1,4 +1,4 @@
-"""Sizes (CLIENTS.md §2 item 8): the mobile app's aspect-ratio presets
+"""Sizes (docs/CLIENTS.md §2 item 8): the mobile app's aspect-ratio presets
 (M/hooks/useImageGeneration.ts) are offered for every model the apps list
 (M/services/models.ts: active models), and the old functions refused none. Every preset
 on every model starts (200) and ends with a stored image whose row reports the size the

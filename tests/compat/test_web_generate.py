@@ -1,4 +1,4 @@
-"""The web app's async generate (CLIENTS.md §2 flow 2, W/api/generate-async.ts through
+"""The web app's async generate (docs/CLIENTS.md §2 flow 2, W/api/generate-async.ts through
 S/queue.ts startImageGeneration): start-generation with `model_id` = models.id (a uuid),
 then `select('*')` of the row by id every 2 s as the signed-in user, to a stored image."""
 

@@ -42,7 +42,7 @@ def drain(queue: PGMQueue) -> list[dict[str, Any]]:
 
 
 def cancel(conn: Conn, user_id: uuid.UUID, generation_id: uuid.UUID) -> None:
-    """The apps' cancel: a table write as the signed-in owner (CLIENTS.md)."""
+    """The apps' cancel: a table write as the signed-in owner (docs/CLIENTS.md)."""
     with signed_in(conn, user_id):
         conn.execute(
             "update image_generations set status = 'failed', error_message = 'stop' where id = %s",

@@ -27,7 +27,7 @@ from worker.models import CONTENT_TYPES, GenerationParams, expected_size
 from worker.service import open_worker
 from worker.settings import Settings
 
-# One model of every input family of CONTRACT §4.
+# One model of every input family of docs/CONTRACT.md §4.
 FAMILY_MODELS = [
     "black-forest-labs/flux-schnell",
     "black-forest-labs/flux-dev",

@@ -16,7 +16,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 SCHNELL = "black-forest-labs/flux-schnell"
 FLUX_DEV = "black-forest-labs/flux-dev"
 
-# CONTRACT §1: what the generate-image job's payload carries.
+# docs/CONTRACT.md §1: what the generate-image job's payload carries.
 PAYLOAD_KEYS = {
     "generation_id",
     "user_id",

@@ -251,7 +251,7 @@ def test_the_tables_join_the_realtime_publication_when_it_exists(conn: Conn) -> 
 
 
 def test_the_old_platforms_queue_is_upgraded_in_place(empty_database_url: str) -> None:
-    """The old job_queue (CONTRACT §3 columns) and its functions, then our migrations."""
+    """The old job_queue (docs/CONTRACT.md §3 columns) and its functions, then our migrations."""
     with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as conn:
         conn.execute(
             """

@@ -18,8 +18,8 @@ Conn = psycopg.Connection[dict[str, Any]]
 SCHNELL = "black-forest-labs/flux-schnell"
 
 # What a signed-in user may call; everything else in public is service_role's.
-# The apps call these three themselves (CLIENTS.md §2 flows 2-4).
-USER_CALLABLE = {"cancel_generation", "get_user_limits", "check_rate_limit"}
+# The apps call these themselves (docs/CLIENTS.md §2 flows 2-4); generation_status is new (sql/0082).
+USER_CALLABLE = {"cancel_generation", "get_user_limits", "check_rate_limit", "generation_status"}
 
 
 @contextmanager
@@ -315,12 +315,14 @@ def test_only_the_user_callable_functions_are_granted_to_users(conn: Conn) -> No
         " has_function_privilege('authenticated', p.oid, 'execute') as authenticated,"
         " has_function_privilege('anon', p.oid, 'execute') as anon,"
         " has_function_privilege('service_role', p.oid, 'execute') as service_role"
+        " , p.pronamespace::regnamespace::text as schema"
         " from pg_proc p where p.pronamespace in ('public'::regnamespace, 'imagegen'::regnamespace)"
     ).fetchall()
     assert rows
     for row in rows:
         assert not row["anon"], row["signature"]
-        assert row["authenticated"] == (row["proname"] in USER_CALLABLE), row["signature"]
+        callable = row["schema"] == "public" and row["proname"] in USER_CALLABLE
+        assert row["authenticated"] == callable, row["signature"]
     public = [row for row in rows if not row["proname"].startswith("_")]
     assert all(row["service_role"] for row in public if "imagegen" not in row["signature"])
 

@@ -31,6 +31,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 USER_FUNCTIONS = {
     "public.cancel_generation(uuid)",
     "public.get_user_limits(uuid)",
+    "public.generation_status(uuid)",
     "public.check_rate_limit(uuid,integer)",
 }
 

@@ -1,4 +1,4 @@
-"""The operators' queries of CONTRACT §3, run unchanged (sql/0001_baseline.sql, section 9)."""
+"""The operators' queries of docs/CONTRACT.md §3, run unchanged (sql/0001_baseline.sql, section 9)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Property-based tests (issue 5, part 5): the model-input builder and request validation.
 
 - For any parameters the database accepts (generation_parameters) for any catalogued
-  model, the Replicate input has exactly the shape CONTRACT §4 gives its family and
+  model, the Replicate input has exactly the shape docs/CONTRACT.md §4 gives its family and
   passes the simulator's validation (Replicate's schemas as we know them).
 - Any JSON body to start-generation answers 200 or a 4xx `{"error"}`, and a 4xx writes
   no row.
@@ -84,7 +84,7 @@ def fuzz_settings(examples: int) -> settings:
 
 # -- the model-input builder
 
-# CONTRACT §4: the keys each family sends (before seed and source image), and which
+# docs/CONTRACT.md §4: the keys each family sends (before seed and source image), and which
 # keys the seed and the source image add.
 BASE_KEYS = {
     "flux-schnell": {"prompt", "num_inference_steps", "guidance", "num_outputs", "aspect_ratio",
@@ -176,7 +176,7 @@ def valid_requests(draw: st.DrawFn, models: list[dict[str, Any]]) -> dict[str, A
 
 
 def check_contract(params: GenerationParams, with_image: bool) -> dict[str, Any]:
-    """The input for `params` as CONTRACT §4 gives it, and valid for the simulator."""
+    """The input for `params` as docs/CONTRACT.md §4 gives it, and valid for the simulator."""
     family = family_for(params.model_id).name
     replicate_input = build_replicate_input(params, IMAGE if with_image else None)
     keys = set(BASE_KEYS[family])

@@ -1,4 +1,4 @@
-"""The Replicate input of every model family, exactly as CONTRACT §4 lists it."""
+"""The Replicate input of every model family, exactly as docs/CONTRACT.md §4 lists it."""
 
 from __future__ import annotations
 

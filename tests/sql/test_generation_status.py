@@ -1,0 +1,93 @@
+"""Where a generation stands (sql/0082_generation_status.sql): its place in the claim's
+order, an estimate from its model's recent durations, owner only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import make_user, signed_in
+
+Conn = psycopg.Connection[dict[str, Any]]
+SCHNELL = "black-forest-labs/flux-schnell"
+
+
+def start(conn: Conn, user_id: uuid.UUID) -> uuid.UUID:
+    row = conn.execute(
+        "select generation_id from start_generation(p_user_id => %s, p_prompt => 'a lighthouse',"
+        " p_model_id => %s)",
+        (user_id, SCHNELL),
+    ).fetchone()
+    assert row is not None
+    generation_id: uuid.UUID = row["generation_id"]
+    return generation_id
+
+
+def status(conn: Conn, generation_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any]:
+    with signed_in(conn, user_id):
+        row = conn.execute("select generation_status(%s) as s", (generation_id,)).fetchone()
+    assert row is not None
+    answer: dict[str, Any] = row["s"]
+    return answer
+
+
+def test_position_follows_the_claim_order_across_users(conn: Conn) -> None:
+    alice, bob = make_user(conn), make_user(conn)
+    alice_jobs = [start(conn, alice) for _ in range(3)]
+    bobs = start(conn, bob)
+
+    # Fair turns: bob's first job runs in the first round, before alice's second.
+    assert status(conn, alice_jobs[0], alice)["position"] == 1
+    assert status(conn, bobs, bob)["position"] == 2
+    assert status(conn, alice_jobs[2], alice)["position"] == 4
+
+
+def test_an_empty_history_falls_back_to_the_models_estimate(conn: Conn) -> None:
+    user = make_user(conn)
+    generation_id = start(conn, user)
+    estimate = conn.execute(
+        "select estimated_time_seconds as s from models where replicate_id = %s", (SCHNELL,)
+    ).fetchone()
+    assert estimate is not None
+
+    answer = status(conn, generation_id, user)
+
+    assert answer["estimate_basis"] == ("model" if estimate["s"] is not None else None)
+    assert answer["samples"] == 0
+
+
+def test_recent_durations_of_the_model_give_the_estimate(conn: Conn) -> None:
+    user = make_user(conn)
+    done = [start(conn, user) for _ in range(3)]
+    for seconds, generation_id in zip((4, 6, 20), done, strict=True):
+        conn.execute(
+            "update image_generations set status = 'completed', completed_at = now(),"
+            " generation_time_seconds = %s where id = %s",
+            (seconds, generation_id),
+        )
+        conn.execute(
+            "update job_queue set status = 'completed', completed_at = now()"
+            " where payload ->> 'generation_id' = %s",
+            (str(generation_id),),
+        )
+    waiting = start(conn, user)
+
+    answer = status(conn, waiting, user)
+
+    assert (answer["estimate_basis"], answer["samples"], answer["median_seconds"]) == (
+        "recent",
+        3,
+        6,
+    )
+    assert answer["estimated_seconds"] == 6
+
+
+def test_another_users_generation_is_refused(conn: Conn) -> None:
+    owner, other = make_user(conn), make_user(conn)
+    generation_id = start(conn, owner)
+
+    with pytest.raises(psycopg.Error):
+        status(conn, generation_id, other)
