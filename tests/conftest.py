@@ -5,14 +5,26 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from devstack.postgres import LocalPostgres
 from tests.support.old_picture import OldPicture, build_old_picture
-from tests.support.pg import Server, database_choice, fresh_database, prepare_template, start_server
+from tests.support.outbound import Listener, listening
+from tests.support.pg import (
+    Server,
+    database_choice,
+    durable_cluster,
+    fresh_database,
+    prepare_template,
+    start_server,
+)
+from tests.support.served import Served, serve_app
+from tests.support.stack import Stack, run_stack
 from tests.support.torture import TortureReport
 from worker.migrate import migrate
 
@@ -69,6 +81,33 @@ def empty_database_url(pg_server: Server) -> Iterator[str]:
         pg_server.drop_database(name)
 
 
+@pytest.fixture
+def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """This test's stand-ins (simulator, Storage, JWKS, PostgREST) over its database."""
+    with run_stack(database_url, tmp_path / "storage") as running:
+        yield running
+
+
+@pytest.fixture
+def served(stack: Stack) -> Iterator[Served]:
+    """The app with its job runner, over real HTTP, against this test's stack."""
+    with serve_app(stack) as running:
+        yield running
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalPostgres]:
+    """A cluster of this test's own, to stop and restart (see durable_cluster)."""
+    yield from durable_cluster()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    """A loopback server that records every request: proof that nothing connected."""
+    with listening() as running:
+        yield running
+
+
 @contextmanager
 def signed_in(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Iterator[None]:
     """As the apps' PostgREST requests run on Supabase: one transaction with role
@@ -77,6 +116,18 @@ def signed_in(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> Iterator[Non
     with conn.transaction():
         conn.execute("set local role authenticated")
         conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        yield
+
+
+@contextmanager
+def as_role(
+    conn: psycopg.Connection[Any], role: str, user_id: uuid.UUID | None = None
+) -> Iterator[None]:
+    """As signed_in, for any role, and rolled back: to see what the role may do."""
+    claims = {"role": role} | ({"sub": str(user_id)} if user_id else {})
+    with conn.transaction(force_rollback=True):
+        conn.execute(f"set local role {role}")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
         yield
 
 

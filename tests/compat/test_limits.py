@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user, signed_in
-from tests.support.functions_client import Served, serve
+from tests.support.served import Served
 
 FLUX = "black-forest-labs/flux-schnell"
 # M/components/RateLimitIndicator.tsx and checkCanGenerate in M/services/imageGenerationAsync.ts
@@ -142,12 +140,6 @@ def test_only_started_work_counts_against_the_concurrent_limit(conn: Conn) -> No
         (alice,),
     )
     start(conn, alice)
-
-
-@pytest.fixture
-def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
-    with serve(database_url, tmp_path / "storage") as running:
-        yield running
 
 
 def test_a_refused_start_generation_is_429_with_retry_after_at_the_reset(

@@ -22,7 +22,7 @@ from supabase_functions.errors import FunctionsHttpError
 
 from devstack.simulator import SimulatorConfig
 from tests.conftest import make_user, signed_in
-from tests.support.functions_client import Served, serve, wait_until_ended
+from tests.support.served import Served, serve, wait_until_ended
 
 FLUX = "black-forest-labs/flux-schnell"
 Conn = psycopg.Connection[Any]

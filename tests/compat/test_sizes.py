@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.conftest import make_user
-from tests.support.functions_client import Served, serve, wait_until_ended
+from tests.support.served import Served, wait_until_ended
 from worker.images import inspect_image
 from worker.models import GenerationParams, expected_size
 
@@ -32,12 +29,6 @@ PRESETS = [
     (640, 1536),
 ]
 Conn = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
-    with serve(database_url, tmp_path / "storage") as running:
-        yield running
 
 
 def test_every_preset_works_on_every_model(conn: Conn, served: Served) -> None:

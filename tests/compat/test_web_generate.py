@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,15 +13,9 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user, signed_in
-from tests.support.functions_client import Served, serve
+from tests.support.served import Served
 
 Conn = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
-    with serve(database_url, tmp_path / "storage") as running:
-        yield running
 
 
 def poll(conn: Conn, user: uuid.UUID, generation_id: str, timeout: float = 60) -> dict[str, Any]:

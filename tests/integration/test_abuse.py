@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +36,25 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 import worker.source_image
-from api.app import create_app
-from devstack.simulator import SimulatorConfig, create_simulator_app
-from devstack.storage import create_storage_app
-from tests.conftest import make_user
-from tests.integration.test_auth import EC_KEY, EC_KID, RSA_KEY, RSA_KID, _jwk, handmade
-from tests.sql.test_security_sql import as_role
+from devstack.simulator import SimulatorConfig
+from tests.conftest import as_role, make_user
 from tests.support.background_server import BackgroundServer
-from tests.support.outbound import Outbound, keep_fetches_local
-from tests.support.stack import Stack
+from tests.support.outbound import Listener, Outbound, keep_fetches_local
+from tests.support.served import Served, error_body, traces
+from tests.support.served import serve as served_stack
+from tests.support.tokens import (
+    EC_KEY,
+    EC_KID,
+    JWT_SECRET,
+    RSA_KEY,
+    RSA_KID,
+    WORKER_SECRET,
+    handmade,
+)
 from tests.support.torture import TortureReport
 from worker.logs import configure_logging
 from worker.source_image import is_public_address
@@ -57,8 +63,6 @@ Conn = psycopg.Connection[dict[str, Any]]
 # HS512 with the project secret is one of the forgeries; PyJWT warns about its length.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
-JWT_SECRET = "abuse-jwt-secret-0123456789abcdefghijklmnop"
-WORKER_SECRET = "abuse-worker-secret-0123456789abcdef"
 REPLICATE_TOKEN = "r8_abuse_replicate_token_0123456789"
 FLUX = "black-forest-labs/flux-schnell"
 FLUX_DEV = "black-forest-labs/flux-dev"  # takes a source image
@@ -74,107 +78,24 @@ WORKER_ENDPOINTS = [
 ]
 
 
-@dataclass
-class Service:
-    url: str
-    issuer: str
-    stack: Stack
-    http: httpx.Client
-
-    def call(
-        self, method: str, name: str, authorization: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        if method == "GET" and name == "get-generation":
-            kwargs.setdefault("params", {"id": str(uuid.uuid4())})
-        if method == "POST":
-            kwargs.setdefault("json", {"prompt": "a cat", "model_id": FLUX})
-        return self.http.request(method, f"/functions/v1/{name}", headers=headers, **kwargs)
-
-    def claims(self, user_id: uuid.UUID, **overrides: Any) -> dict[str, Any]:
-        now = int(time.time())
-        base = {
-            "aud": "authenticated",
-            "role": "authenticated",
-            "sub": str(user_id),
-            "iss": self.issuer,
-            "iat": now,
-            "exp": now + 600,
-        } | overrides
-        return {key: value for key, value in base.items() if value is not None}
-
-    def hs256(self, user_id: uuid.UUID, **overrides: Any) -> str:
-        return jwt.encode(self.claims(user_id, **overrides), JWT_SECRET, algorithm="HS256")
-
-    def es256(self, user_id: uuid.UUID, key: Any = EC_KEY, kid: str = EC_KID, **over: Any) -> str:
-        return jwt.encode(
-            self.claims(user_id, **over), key, algorithm="ES256", headers={"kid": kid}
-        )
-
-    def rs256(self, user_id: uuid.UUID, **overrides: Any) -> str:
-        payload = self.claims(user_id, **overrides)
-        return jwt.encode(payload, RSA_KEY, algorithm="RS256", headers={"kid": RSA_KID})
-
-
-def _supabase_standin(storage_root: Path, service_key: str) -> Starlette:
-    """Supabase Auth's JWKS, Storage and the Replicate simulator on one loopback server."""
-    keys = [
-        _jwk(EC_KEY.public_key(), EC_KID, "ES256"),
-        _jwk(RSA_KEY.public_key(), RSA_KID, "RS256"),
-    ]
-
-    async def jwks(_request: Request) -> Response:
-        return JSONResponse({"keys": keys})
-
-    return Starlette(
-        routes=[
-            Route("/auth/v1/.well-known/jwks.json", jwks),
-            Mount("/storage/v1", create_storage_app(storage_root, service_key)),
-            Mount("/replicate", create_simulator_app(SimulatorConfig(latency_seconds=0.0))),
-        ]
+def serve(
+    database_url: str, tmp_path: Path, *, run_jobs: bool = False
+) -> AbstractContextManager[Served]:
+    """The app and its stack, with real-looking secrets for the log scan."""
+    return served_stack(
+        database_url,
+        tmp_path / "storage",
+        SimulatorConfig(latency_seconds=0.0),
+        run_jobs=run_jobs,
+        replicate_api_token=REPLICATE_TOKEN,
     )
 
 
-def serve(database_url: str, tmp_path: Path, *, run_jobs: bool = False) -> Iterator[Service]:
-    service_key = "abuse-service-role-key-0123456789abcdef"
-    standin = _supabase_standin(tmp_path / "storage", service_key)
-    with BackgroundServer(standin) as supabase:
-        stack = Stack(supabase.url, service_key, tmp_path / "storage", database_url)
-        settings = stack.settings(
-            supabase_jwt_secret=JWT_SECRET,
-            worker_secret=WORKER_SECRET,
-            replicate_api_token=REPLICATE_TOKEN,
-        )
-        with (
-            BackgroundServer(create_app(settings, run_jobs=run_jobs)) as server,
-            httpx.Client(base_url=server.url, timeout=30) as http,
-        ):
-            yield Service(server.url, f"{supabase.url}/auth/v1", stack, http)
-
-
 @pytest.fixture
-def service(database_url: str, tmp_path: Path) -> Iterator[Service]:
+def service(database_url: str, tmp_path: Path) -> Iterator[Served]:
     """No job runner: whatever changes in the database, a request wrote."""
-    yield from serve(database_url, tmp_path)
-
-
-def snapshot(conn: Conn) -> dict[str, Any]:
-    row = conn.execute(
-        "select (select count(*) from image_generations) as generations,"
-        " (select count(*) from job_queue) as jobs, (select count(*) from images) as images,"
-        " (select max(updated_at) from image_generations) as generation_update,"
-        " (select max(updated_at) from job_queue) as job_update"
-    ).fetchone()
-    assert row is not None
-    return dict(row)
-
-
-def error_body(response: httpx.Response) -> str:
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
-    return str(body["error"])
+    with serve(database_url, tmp_path) as running:
+        yield running
 
 
 # -- forged tokens and worker secrets
@@ -186,15 +107,15 @@ def _rsa_public_pem() -> bytes:
     )
 
 
-def forged_tokens(service: Service, user: uuid.UUID) -> dict[str, str | None]:
+def forged_tokens(service: Served, user: uuid.UUID) -> dict[str, str | None]:
     """Authorization header values that must all be refused (None: no header)."""
     now = int(time.time())
     genuine = service.es256(user)
     header, _, signature = genuine.split(".")
     other_payload = service.es256(uuid.uuid4()).split(".")[1]
-    hs_genuine = service.hs256(user)
+    hs_genuine = service.token(user)
     hs_header, _, hs_signature = hs_genuine.split(".")
-    elevated = service.hs256(user, role="service_role").split(".")[1]
+    elevated = service.token(user, role="service_role").split(".")[1]
     stranger = ec.generate_private_key(ec.SECP256R1())
     bearer = {
         "alg none": handmade({"alg": "none", "typ": "JWT"}, service.claims(user), None),
@@ -214,17 +135,17 @@ def forged_tokens(service: Service, user: uuid.UUID) -> dict[str, str | None]:
         "ES256 with an unknown kid": service.es256(user, kid="not-a-kid"),
         "ES256 without kid": jwt.encode(service.claims(user), EC_KEY, algorithm="ES256"),
         "expired": service.es256(user, exp=now - 120, iat=now - 720),
-        "expired (HS256)": service.hs256(user, exp=now - 120, iat=now - 720),
+        "expired (HS256)": service.token(user, exp=now - 120, iat=now - 720),
         "not yet valid (nbf)": service.es256(user, nbf=now + 600),
         "issued in the future (iat)": service.rs256(user, iat=now + 600),
-        "no expiry": service.hs256(user, exp=None),
+        "no expiry": service.token(user, exp=None),
         "wrong audience": service.es256(user, aud="anon"),
         "no audience": service.es256(user, aud=None),
         "wrong issuer": service.es256(user, iss="https://evil.example/auth/v1"),
-        "no issuer": service.hs256(user, iss=None),
-        "anon role": service.hs256(user, role="anon"),
+        "no issuer": service.token(user, iss=None),
+        "anon role": service.token(user, role="anon"),
         "service_role role": service.rs256(user, role="service_role"),
-        "subject not a uuid": service.hs256(user, sub="admin"),
+        "subject not a uuid": service.token(user, sub="admin"),
         "tampered payload (ES256)": f"{header}.{other_payload}.{signature}",
         "tampered payload (HS256, role raised)": f"{hs_header}.{elevated}.{hs_signature}",
         "signature stripped": f"{header}.{genuine.split('.')[1]}.",
@@ -249,19 +170,19 @@ def forged_tokens(service: Service, user: uuid.UUID) -> dict[str, str | None]:
 
 @pytest.mark.torture
 def test_forged_tokens_are_refused_everywhere_and_write_nothing(
-    conn: Conn, service: Service, torture_report: TortureReport
+    conn: Conn, service: Served, torture_report: TortureReport
 ) -> None:
     user = make_user(conn)
     generation_id = conn.execute(
         "select generation_id from start_generation(%s, 'mine', %s)", (user, FLUX)
     ).fetchone()["generation_id"]
     # The genuine tokens work, so the refusals below are about the forgery alone.
-    for token in (service.es256(user), service.rs256(user), service.hs256(user)):
+    for token in (service.es256(user), service.rs256(user), service.token(user)):
         answer = service.call(
             "GET", "get-generation", f"Bearer {token}", params={"id": str(generation_id)}
         )
         assert answer.status_code == 200, answer.text
-    before = snapshot(conn)
+    before = traces(conn)
     predictions = service.stack.predictions_created()
     cases = forged_tokens(service, user)
     refused = 0
@@ -281,7 +202,7 @@ def test_forged_tokens_are_refused_everywhere_and_write_nothing(
             if header and len(header) > 30:
                 assert header.split()[-1][:40] not in message
             refused += 1
-    assert snapshot(conn) == before
+    assert traces(conn) == before
     assert service.stack.predictions_created() == predictions
     torture_report.record(
         "abuse: forged tokens x user endpoints", forgeries=len(cases), refused_401=refused
@@ -290,11 +211,11 @@ def test_forged_tokens_are_refused_everywhere_and_write_nothing(
 
 @pytest.mark.torture
 def test_worker_endpoints_need_the_exact_secret(
-    conn: Conn, service: Service, torture_report: TortureReport
+    conn: Conn, service: Served, torture_report: TortureReport
 ) -> None:
     user = make_user(conn)
     conn.execute("select * from start_generation(%s, 'queued', %s)", (user, FLUX))
-    before = snapshot(conn)
+    before = traces(conn)
     predictions = service.stack.predictions_created()
     wrong: dict[str, str | None] = {
         "no header": None,
@@ -304,7 +225,7 @@ def test_worker_endpoints_need_the_exact_secret(
         "secret prefix": f"Bearer {WORKER_SECRET[:-1]}",
         "secret plus more": f"Bearer {WORKER_SECRET}x",
         "Basic scheme": f"Basic {WORKER_SECRET}",
-        "a valid user token": f"Bearer {service.hs256(user)}",
+        "a valid user token": f"Bearer {service.token(user)}",
         "the JWT secret": f"Bearer {JWT_SECRET}",
         "the service role key": f"Bearer {service.stack.service_role_key}",
         "the Replicate token": f"Bearer {REPLICATE_TOKEN}",
@@ -314,7 +235,7 @@ def test_worker_endpoints_need_the_exact_secret(
             response = service.call(method, name, header)
             assert response.status_code == 401, (case, method, name, response.text)
             assert error_body(response) == "Missing or invalid worker secret"
-    assert snapshot(conn) == before
+    assert traces(conn) == before
     assert service.stack.predictions_created() == predictions
     assert service.call("POST", "process-jobs", f"Bearer {WORKER_SECRET}").status_code == 200
     torture_report.record(
@@ -325,22 +246,22 @@ def test_worker_endpoints_need_the_exact_secret(
 # -- cross-user access
 
 
-def test_cross_user_reads_and_writes_over_http(conn: Conn, service: Service) -> None:
+def test_cross_user_reads_and_writes_over_http(conn: Conn, service: Served) -> None:
     alice, bob = make_user(conn), make_user(conn)
     bobs = conn.execute(
         "select generation_id from start_generation(%s, 'bob private prompt', %s)", (bob, FLUX)
     ).fetchone()["generation_id"]
-    token = f"Bearer {service.hs256(alice)}"
+    token = f"Bearer {service.token(alice)}"
     read = service.call("GET", "get-generation", token, params={"id": str(bobs)})
     assert read.status_code == 404 and error_body(read) == "Generation not found"
     assert "bob private prompt" not in read.text
     own = service.call(
-        "GET", "get-generation", f"Bearer {service.hs256(bob)}", params={"id": str(bobs)}
+        "GET", "get-generation", f"Bearer {service.token(bob)}", params={"id": str(bobs)}
     )
     assert own.status_code == 200 and own.json()["prompt"] == "bob private prompt"
 
     # The legacy endpoint completing someone else's generation: refused before any work.
-    before, predictions = snapshot(conn), service.stack.predictions_created()
+    before, predictions = traces(conn), service.stack.predictions_created()
     for generation_id in (bobs, uuid.uuid4()):
         hijack = service.call(
             "POST",
@@ -349,7 +270,7 @@ def test_cross_user_reads_and_writes_over_http(conn: Conn, service: Service) -> 
             json={"prompt": "x", "model_id": FLUX, "generation_id": str(generation_id)},
         )
         assert hijack.status_code == 400 and "generation" in error_body(hijack).lower()
-    assert snapshot(conn) == before
+    assert traces(conn) == before
     assert service.stack.predictions_created() == predictions  # nobody paid for it
     assert not any(service.stack.storage_root.rglob(f"*{bobs}*"))
 
@@ -433,15 +354,15 @@ def test_cross_user_access_through_rls(conn: Conn) -> None:
 # -- sizes
 
 
-def test_oversized_bodies_and_prompts(conn: Conn, service: Service) -> None:
+def test_oversized_bodies_and_prompts(conn: Conn, service: Served) -> None:
     user = make_user(conn)
-    user_auth, worker_auth = f"Bearer {service.hs256(user)}", f"Bearer {WORKER_SECRET}"
+    user_auth, worker_auth = f"Bearer {service.token(user)}", f"Bearer {WORKER_SECRET}"
     posts = [
         ("start-generation", user_auth),
         ("generate-image", user_auth),
         ("process-generation", worker_auth),
     ]
-    before = snapshot(conn)
+    before = traces(conn)
     big = json.dumps({"prompt": "x", "model_id": FLUX, "pad": "y" * (64 * 1024)}).encode()
     for name, auth in posts:
         headers = {"Content-Type": "application/json"}
@@ -458,7 +379,7 @@ def test_oversized_bodies_and_prompts(conn: Conn, service: Service) -> None:
             body = {"prompt": "x", "model_id": FLUX, field: "p" * 4001}
             response = service.call("POST", name, auth, json=body)
             assert response.status_code == 400 and field in error_body(response), (name, field)
-    assert snapshot(conn) == before
+    assert traces(conn) == before
     # The limits are exact: 4000 characters (of 4 bytes each, 16 KB) is fine.
     ok = service.call(
         "POST", "start-generation", user_auth, json={"prompt": "🦊" * 4000, "model_id": FLUX}
@@ -467,28 +388,6 @@ def test_oversized_bodies_and_prompts(conn: Conn, service: Service) -> None:
 
 
 # -- server-side request forgery
-
-
-@dataclass
-class Listener:
-    url: str
-    port: int
-    hits: list[str]
-
-
-@pytest.fixture
-def listener() -> Iterator[Listener]:
-    """Stands where a forged URL points (127.0.0.1 and, when there is IPv6, ::1):
-    any request reaching it is recorded."""
-    hits: list[str] = []
-
-    async def record(request: Request) -> Response:
-        hits.append(f"{request.url.hostname} {request.url.path}")
-        return Response(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, media_type="image/png")
-
-    app = Starlette(routes=[Route("/{path:path}", record)])
-    with BackgroundServer(app, host="127.0.0.1") as server:
-        yield Listener(server.url, server.port, hits)
 
 
 MAPPED_NAMES = {
@@ -539,7 +438,7 @@ def ssrf_urls(port: int) -> dict[str, str]:
     }
 
 
-def _process_generation(service: Service, url: str) -> httpx.Response:
+def _process_generation(service: Served, url: str) -> httpx.Response:
     body = {"prompt": "x", "model_id": FLUX_DEV, "source_image_url": url, "strength": 0.5}
     return service.call("POST", "process-generation", f"Bearer {WORKER_SECRET}", json=body)
 
@@ -547,7 +446,7 @@ def _process_generation(service: Service, url: str) -> httpx.Response:
 @pytest.mark.torture
 def test_ssrf_targets_are_refused_before_connecting(
     conn: Conn,
-    service: Service,
+    service: Served,
     listener: Listener,
     resolver: Outbound,
     torture_report: TortureReport,
@@ -602,7 +501,7 @@ def public_looking(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[
 @pytest.mark.torture
 def test_redirects_to_internal_addresses_are_refused(
     conn: Conn,
-    service: Service,
+    service: Served,
     listener: Listener,
     resolver: Outbound,
     public_looking: tuple[str, list[str]],
@@ -631,8 +530,8 @@ def test_ssrf_through_the_queue_fails_the_generation(
     """The asynchronous path: start-generation accepts the URL (it is http), the job
     refuses it and the generation fails with the reason, never retried."""
     user = make_user(conn)
-    for service in serve(database_url, tmp_path, run_jobs=True):
-        token = f"Bearer {service.hs256(user)}"
+    with serve(database_url, tmp_path, run_jobs=True) as service:
+        token = f"Bearer {service.token(user)}"
         ids = []
         for url in (f"http://2130706433:{listener.port}/a.png", "http://169.254.169.254/"):
             body = {"prompt": "x", "model_id": FLUX_DEV, "source_image_url": url}
@@ -687,8 +586,8 @@ def test_no_secret_reaches_the_logs(
     caplog.set_level("DEBUG")
     user = make_user(conn)
     tokens: list[str] = []
-    for service in serve(database_url, tmp_path, run_jobs=True):
-        token = service.hs256(user)
+    with serve(database_url, tmp_path, run_jobs=True) as service:
+        token = service.token(user)
         tokens += [token, service.es256(user), service.rs256(user)]
         auth = f"Bearer {token}"
         ok = service.call("POST", "start-generation", auth)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,63 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from supabase import create_client
 
-from api.app import create_app
-from devstack.tokens import mint_dev_token
 from tests.conftest import http_response, make_user
-from tests.support.background_server import BackgroundServer
-from tests.support.stack import Stack, run_stack
-from worker.settings import Settings
+from tests.support.served import Served, serve_app
+from tests.support.stack import Stack
+from tests.support.tokens import JWT_SECRET, WORKER_SECRET
 
-JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"
-WORKER_SECRET = "worker-secret-for-tests-0123456789"
 FLUX = "black-forest-labs/flux-schnell"
-
-
-class Service:
-    def __init__(self, url: str, settings: Settings, stack: Stack) -> None:
-        self.url = url
-        self.settings = settings
-        self.stack = stack
-        self.issuer = f"{settings.supabase_url}/auth/v1"
-
-    def token(self, user_id: uuid.UUID, **claims: Any) -> str:
-        if not claims:
-            return mint_dev_token(JWT_SECRET, user_id, issuer=self.issuer)
-        now = int(time.time())
-        payload = {
-            "sub": str(user_id),
-            "aud": "authenticated",
-            "role": "authenticated",
-            "iss": self.issuer,
-            "iat": now,
-            "exp": now + 600,
-        } | claims
-        return jwt.encode({k: v for k, v in payload.items() if v is not None}, JWT_SECRET, "HS256")
-
-    def post(self, name: str, body: Any, token: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(
-            f"{self.url}/functions/v1/{name}", json=body, headers=headers, timeout=60, **kwargs
-        )
-
-
-def _serve(database_url: str, stack: Stack, **overrides: Any) -> Iterator[Service]:
-    settings = stack.settings(
-        supabase_jwt_secret=JWT_SECRET, worker_secret=WORKER_SECRET, **overrides
-    )
-    with BackgroundServer(create_app(settings, run_jobs=True)) as server:
-        yield Service(server.url, settings, stack)
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
-
-
-@pytest.fixture
-def service(database_url: str, stack: Stack) -> Iterator[Service]:
-    yield from _serve(database_url, stack)
 
 
 def rows(conn: psycopg.Connection[Any]) -> tuple[int, int]:
@@ -99,11 +46,11 @@ def wait_for_status(
 
 
 def test_supabase_client_starts_a_generation_that_completes(
-    conn: psycopg.Connection[Any], service: Service
+    conn: psycopg.Connection[Any], served: Served
 ) -> None:
     user = make_user(conn)
-    client = create_client(service.url, "anon-key-of-the-project")
-    client.functions.set_auth(service.token(user))
+    client = create_client(served.url, "anon-key-of-the-project")
+    client.functions.set_auth(served.token(user))
     answer = client.functions.invoke(
         "start-generation", invoke_options={"body": {"prompt": "a lighthouse", "model_id": FLUX}}
     )
@@ -125,15 +72,15 @@ def test_supabase_client_starts_a_generation_that_completes(
     assert download.status_code == 200 and len(download.content) == image["file_size"]
 
 
-def test_cors_preflight_and_headers(service: Service) -> None:
+def test_cors_preflight_and_headers(served: Served) -> None:
     for name in ("start-generation", "process-jobs", "process-generation", "generate-image"):
-        response = httpx.options(f"{service.url}/functions/v1/{name}")
+        response = httpx.options(f"{served.url}/functions/v1/{name}")
         assert response.status_code == 200 and response.text == "ok"
         assert response.headers["access-control-allow-origin"] == "*"
         assert response.headers["access-control-allow-headers"] == (
             "authorization, x-client-info, apikey, content-type"
         )
-    refused = service.post("start-generation", {})
+    refused = served.post("start-generation", {})
     assert refused.headers["access-control-allow-origin"] == "*"
 
 
@@ -144,32 +91,32 @@ def _rsa_public_pem() -> bytes:
     )
 
 
-def test_auth_refusals_write_nothing(conn: psycopg.Connection[Any], service: Service) -> None:
+def test_auth_refusals_write_nothing(conn: psycopg.Connection[Any], served: Served) -> None:
     user = make_user(conn)
     now = int(time.time())
     unsigned = jwt.encode({"sub": str(user), "aud": "authenticated", "exp": now + 60}, "", "none")
     forged = {
         "no token": None,
-        "expired": service.token(user, exp=now - 120, iat=now - 720),
-        "wrong audience": service.token(user, aud="anon"),
-        "wrong issuer": service.token(user, iss="https://evil.example/auth/v1"),
+        "expired": served.token(user, exp=now - 120, iat=now - 720),
+        "wrong audience": served.token(user, aud="anon"),
+        "wrong issuer": served.token(user, iss="https://evil.example/auth/v1"),
         "wrong key": jwt.encode(
             {
                 "sub": str(user),
                 "aud": "authenticated",
                 "role": "authenticated",
                 "exp": now + 60,
-                "iss": service.issuer,
+                "iss": served.issuer,
             },
             "another-secret-0123456789abcdef0123456789",
             "HS256",
         ),
         "alg none": unsigned,
-        "HS/RS confusion": _hs_with_public_key(user, service.issuer, now),
+        "HS/RS confusion": _hs_with_public_key(user, served.issuer, now),
         "garbage": "not.a.token",
     }
     for case, token in forged.items():
-        response = service.post("start-generation", {"prompt": "x", "model_id": FLUX}, token)
+        response = served.post("start-generation", {"prompt": "x", "model_id": FLUX}, token)
         assert response.status_code == 401, case
         assert set(response.json()) == {"error"}, case
     assert rows(conn) == (0, 0)
@@ -238,49 +185,49 @@ def _hs_with_public_key(user: uuid.UUID, issuer: str, now: int) -> str:
     ],
 )
 def test_validation_names_the_field_and_writes_nothing(
-    conn: psycopg.Connection[Any], service: Service, body: dict[str, Any], field: str
+    conn: psycopg.Connection[Any], served: Served, body: dict[str, Any], field: str
 ) -> None:
     user = make_user(conn)
-    response = service.post("start-generation", body, service.token(user))
+    response = served.post("start-generation", body, served.token(user))
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"error"}
     assert field in response.json()["error"]
     assert rows(conn) == (0, 0)
 
 
-def test_bad_bodies_are_400_not_500(conn: psycopg.Connection[Any], service: Service) -> None:
-    token = service.token(make_user(conn))
+def test_bad_bodies_are_400_not_500(conn: psycopg.Connection[Any], served: Served) -> None:
+    token = served.token(make_user(conn))
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     for raw in (b"{", b"[]", b"null", b"\xff\xfe"):
         response = httpx.post(
-            f"{service.url}/functions/v1/start-generation", content=raw, headers=headers
+            f"{served.url}/functions/v1/start-generation", content=raw, headers=headers
         )
         assert response.status_code == 400 and "error" in response.json()
     huge = httpx.post(
-        f"{service.url}/functions/v1/start-generation",
+        f"{served.url}/functions/v1/start-generation",
         content=b"{" + b" " * 100_000 + b"}",
         headers=headers,
     )
     assert huge.status_code == 413 and "error" in huge.json()
-    assert httpx.get(f"{service.url}/functions/v1/nothing-here").json() == {"error": "Not found"}
-    assert httpx.delete(f"{service.url}/functions/v1/start-generation").status_code == 405
+    assert httpx.get(f"{served.url}/functions/v1/nothing-here").json() == {"error": "Not found"}
+    assert httpx.delete(f"{served.url}/functions/v1/start-generation").status_code == 405
     assert rows(conn) == (0, 0)
 
 
 def test_process_jobs_requires_the_secret_and_answers_at_once(
-    conn: psycopg.Connection[Any], service: Service
+    conn: psycopg.Connection[Any], served: Served
 ) -> None:
-    assert service.post("process-jobs", {}).status_code == 401
-    assert service.post("process-jobs", {}, "wrong-secret").status_code == 401
-    service.stack.configure_simulator(latency_seconds=3.0)
+    assert served.post("process-jobs", {}).status_code == 401
+    assert served.post("process-jobs", {}, "wrong-secret").status_code == 401
+    served.stack.configure_simulator(latency_seconds=3.0)
     user = make_user(conn)
     ids = [
-        service.post(
-            "start-generation", {"prompt": "x", "model_id": FLUX}, service.token(user)
+        served.post(
+            "start-generation", {"prompt": "x", "model_id": FLUX}, served.token(user)
         ).json()
         for _ in range(2)
     ]
-    response = service.post("process-jobs", {}, WORKER_SECRET)
+    response = served.post("process-jobs", {}, WORKER_SECRET)
     # Answered while the claimed jobs run (each takes the simulator 3 s), not after.
     statuses = conn.execute(
         "select status from image_generations where id = any(%s)",
@@ -299,14 +246,14 @@ def test_the_cron_command_gets_a_queued_job_processed(
     conn: psycopg.Connection[Any], database_url: str, stack: Stack
 ) -> None:
     # Poll once a minute, no LISTEN: only the cron path can wake this runner in time.
-    for service in _serve(database_url, stack, listen_for_jobs=False, poll_interval_seconds=60):
+    with serve_app(stack, listen_for_jobs=False, poll_interval_seconds=60) as served:
         time.sleep(0.5)  # the runner's first (empty) claim happens at start-up
         user = make_user(conn)
-        generation = service.post(
-            "start-generation", {"prompt": "x", "model_id": FLUX}, service.token(user)
+        generation = served.post(
+            "start-generation", {"prompt": "x", "model_id": FLUX}, served.token(user)
         )
         generation_id = generation.json()["generation_id"]
-        conn.execute("select imagegen.put_setting('worker_url', %s)", (service.url,))
+        conn.execute("select imagegen.put_setting('worker_url', %s)", (served.url,))
         conn.execute("select imagegen.put_setting('worker_secret', %s)", (WORKER_SECRET,))
         command = "select public.invoke_worker()"  # what cron.job holds (see test_cron_sql)
         request_id = conn.execute(command).fetchone()["invoke_worker"]
@@ -315,10 +262,10 @@ def test_the_cron_command_gets_a_queued_job_processed(
         assert wait_for_status(conn, generation_id)["status"] == "completed"
 
 
-def test_legacy_generate_image_both_shapes(conn: psycopg.Connection[Any], service: Service) -> None:
+def test_legacy_generate_image_both_shapes(conn: psycopg.Connection[Any], served: Served) -> None:
     user = make_user(conn)
-    token = service.token(user)
-    plain = service.post("generate-image", {"prompt": "a cat", "model_id": FLUX}, token)
+    token = served.token(user)
+    plain = served.post("generate-image", {"prompt": "a cat", "model_id": FLUX}, token)
     assert plain.status_code == 200, plain.text
     body = plain.json()
     assert set(body) == {"success", "url", "format", "generation_time"} and body["format"] == "webp"
@@ -329,7 +276,7 @@ def test_legacy_generate_image_both_shapes(conn: psycopg.Connection[Any], servic
         "insert into image_generations (user_id, prompt, model, status) values (%s, 'a dog', 'flux-schnell', 'processing') returning id",
         (user,),
     ).fetchone()["id"]
-    linked = service.post(
+    linked = served.post(
         "generate-image",
         {"prompt": "a dog", "model_id": FLUX, "generation_id": str(generation_id)},
         token,
@@ -343,13 +290,13 @@ def test_legacy_generate_image_both_shapes(conn: psycopg.Connection[Any], servic
         "select status from image_generations where id = %s", (generation_id,)
     ).fetchone()
     assert status["status"] == "completed"
-    refused = service.post("generate-image", {"prompt": "x", "model_id": FLUX}, None)
+    refused = served.post("generate-image", {"prompt": "x", "model_id": FLUX}, None)
     assert refused.status_code == 401
 
 
-def test_process_generation(service: Service) -> None:
-    assert service.post("process-generation", {"prompt": "x", "model_id": FLUX}).status_code == 401
-    ok = service.post(
+def test_process_generation(served: Served) -> None:
+    assert served.post("process-generation", {"prompt": "x", "model_id": FLUX}).status_code == 401
+    ok = served.post(
         "process-generation",
         {"prompt": "x", "model_id": FLUX, "width": 1440, "height": 810},
         WORKER_SECRET,
@@ -365,15 +312,15 @@ def test_process_generation(service: Service) -> None:
         "generation_time_seconds",
     }
     assert body["height"] == 1024 and body["width"] > 1024  # 16:9 at 1024 on the short side
-    bad = service.post("process-generation", {"prompt": "x"}, WORKER_SECRET)
+    bad = served.post("process-generation", {"prompt": "x"}, WORKER_SECRET)
     assert bad.status_code == 400 and "error" in bad.json()
 
 
-def test_health_and_metrics(service: Service) -> None:
-    health = httpx.get(f"{service.url}/health")
+def test_health_and_metrics(served: Served) -> None:
+    health = httpx.get(f"{served.url}/health")
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "database": True, "runner": "running"}
-    metrics = httpx.get(f"{service.url}/metrics").text
+    metrics = httpx.get(f"{served.url}/metrics").text
     for name in (
         "imagegen_queue_depth",
         "imagegen_jobs_finished_total",
@@ -383,20 +330,20 @@ def test_health_and_metrics(service: Service) -> None:
         "imagegen_http_request_duration_seconds",
     ):
         assert name in metrics
-    assert httpx.get(f"{service.url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{served.url}/openapi.json").json()["paths"]
 
 
 # Models named either way, and only their own version (upgrade issue, point 3)
 
 
 def test_start_generation_takes_the_models_id_or_its_replicate_id(
-    conn: psycopg.Connection[Any], service: Service
+    conn: psycopg.Connection[Any], served: Served
 ) -> None:
     user = make_user(conn)
     model = conn.execute("select id from models where replicate_id = %s", (FLUX,)).fetchone()
     for model_id in (str(model["id"]), FLUX):  # the web app sends the uuid
-        answer = service.post(
-            "start-generation", {"prompt": "a fox", "model_id": model_id}, service.token(user)
+        answer = served.post(
+            "start-generation", {"prompt": "a fox", "model_id": model_id}, served.token(user)
         )
         assert answer.status_code == 200, answer.text
         row = wait_for_status(conn, answer.json()["generation_id"])
@@ -409,29 +356,27 @@ def test_start_generation_takes_the_models_id_or_its_replicate_id(
 
 @pytest.mark.parametrize("endpoint", ["start-generation", "generate-image"])
 def test_a_foreign_model_version_is_a_400_naming_the_field_and_writes_nothing(
-    conn: psycopg.Connection[Any], service: Service, endpoint: str
+    conn: psycopg.Connection[Any], served: Served, endpoint: str
 ) -> None:
     user = make_user(conn)
     sdxl = conn.execute("select version from models where name = 'sdxl'").fetchone()["version"]
     foreign = "0" * 64  # any other Replicate model, at any price
     for model_id, version in ((FLUX, foreign), ("stability-ai/sdxl", foreign), (FLUX, sdxl)):
         body = {"prompt": "x", "model_id": model_id, "model_version": version}
-        response = service.post(endpoint, body, service.token(user))
+        response = served.post(endpoint, body, served.token(user))
         assert response.status_code == 400, response.text
         assert set(response.json()) == {"error"}
         assert response.json()["error"].startswith("model_version")
     assert rows(conn) == (0, 0)
-    assert service.stack.predictions_created() == 0
+    assert served.stack.predictions_created() == 0
     own = {"prompt": "x", "model_id": "stability-ai/sdxl", "model_version": sdxl}
-    assert service.post("start-generation", own, service.token(user)).status_code == 200
+    assert served.post("start-generation", own, served.token(user)).status_code == 200
 
 
-def test_the_legacy_path_takes_the_models_id(
-    conn: psycopg.Connection[Any], service: Service
-) -> None:
+def test_the_legacy_path_takes_the_models_id(conn: psycopg.Connection[Any], served: Served) -> None:
     model = conn.execute("select id from models where replicate_id = %s", (FLUX,)).fetchone()
     body = {"prompt": "a cat", "model_id": str(model["id"])}
-    answer = service.post("generate-image", body, service.token(make_user(conn)))
+    answer = served.post("generate-image", body, served.token(make_user(conn)))
     assert answer.status_code == 200, answer.text
     assert answer.json()["format"] == "webp"
 
@@ -447,20 +392,20 @@ def service_role_key(secret: str = JWT_SECRET, **claims: Any) -> str:
 
 
 def test_process_jobs_accepts_the_service_role_key_the_old_cron_sends(
-    conn: psycopg.Connection[Any], service: Service
+    conn: psycopg.Connection[Any], served: Served
 ) -> None:
-    accepted = service.post("process-jobs", {}, service_role_key())
+    accepted = served.post("process-jobs", {}, service_role_key())
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["success"] is True
     user = make_user(conn)
     refused = [
-        service.token(user),  # a signed-in user's token
+        served.token(user),  # a signed-in user's token
         service_role_key(secret="another-projects-secret-0123456789abcdef"),
         service_role_key(exp=int(time.time()) - 3600),
         service_role_key(role="anon"),  # the anon key
         service_role_key(exp=None),
     ]
     for token in refused:
-        response = service.post("process-jobs", {}, token)
+        response = served.post("process-jobs", {}, token)
         assert response.status_code == 401, token
         assert set(response.json()) == {"error"}

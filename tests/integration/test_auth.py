@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,19 +23,21 @@ from api.auth import AuthError, TokenVerifier, verify_worker_secret
 from devstack.postgres import free_port
 from devstack.tokens import mint_dev_token
 from tests.support.background_server import BackgroundServer
+from tests.support.tokens import (
+    EC_KEY,
+    EC_KID,
+    RSA_KEY,
+    RSA_KID,
+    b64url,
+    es256,
+    handmade,
+    jwk,
+    published_keys,
+    rs256,
+)
 
 SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
-EC_KID = "ec-key-1"
-RSA_KID = "rsa-key-1"
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 USER_ID = uuid.uuid4()
-
-
-def _jwk(public_key: Any, kid: str, alg: str) -> dict[str, Any]:
-    algorithm = jwt.algorithms.ECAlgorithm if alg == "ES256" else jwt.algorithms.RSAAlgorithm
-    jwk = algorithm.to_jwk(public_key, as_dict=True)
-    return {**jwk, "kid": kid, "alg": alg, "use": "sig"}
 
 
 @dataclass
@@ -52,10 +50,7 @@ class JwksEndpoint:
     down: bool = False
 
     def reset(self) -> None:
-        self.keys = [
-            _jwk(EC_KEY.public_key(), EC_KID, "ES256"),
-            _jwk(RSA_KEY.public_key(), RSA_KID, "RS256"),
-        ]
+        self.keys = published_keys()
         self.fetches = 0
         self.down = False
 
@@ -101,27 +96,6 @@ def claims(jwks: JwksEndpoint, **overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return {key: value for key, value in base.items() if value is not None}
-
-
-def es256(payload: dict[str, Any], key: Any = EC_KEY, kid: str = EC_KID) -> str:
-    return jwt.encode(payload, key, algorithm="ES256", headers={"kid": kid})
-
-
-def rs256(payload: dict[str, Any], kid: str = RSA_KID) -> str:
-    return jwt.encode(payload, RSA_KEY, algorithm="RS256", headers={"kid": kid})
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def handmade(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
-    """A token PyJWT would refuse to make: unsigned, or HMAC over a public key."""
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
-    if key is None:
-        return f"{signing_input}."
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
 
 
 def bearer(token: str) -> str:
@@ -179,7 +153,7 @@ async def test_expiry_within_leeway_is_accepted(
 async def test_rotated_key_is_picked_up(verifier: TokenVerifier, jwks: JwksEndpoint) -> None:
     await verifier.verify(bearer(es256(claims(jwks))))
     new_key = ec.generate_private_key(ec.SECP256R1())
-    jwks.keys.append(_jwk(new_key.public_key(), "ec-key-2", "ES256"))
+    jwks.keys.append(jwk(new_key.public_key(), "ec-key-2", "ES256"))
     user = await verifier.verify(bearer(es256(claims(jwks), key=new_key, kid="ec-key-2")))
     assert user.user_id == USER_ID
     assert jwks.fetches == 2
@@ -336,11 +310,11 @@ async def test_unusable_jwks_entries_are_ignored(
 ) -> None:
     small_rsa = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 (refusing it is the point)
     jwks.keys = [
-        {"kty": "oct", "kid": "sym", "k": _b64(SECRET.encode())},
-        _jwk(small_rsa.public_key(), "small", "RS256"),
-        {**_jwk(EC_KEY.public_key(), EC_KID, "ES256"), "use": "enc"},
+        {"kty": "oct", "kid": "sym", "k": b64url(SECRET.encode())},
+        jwk(small_rsa.public_key(), "small", "RS256"),
+        {**jwk(EC_KEY.public_key(), EC_KID, "ES256"), "use": "enc"},
         "not a key",
-        _jwk(RSA_KEY.public_key(), RSA_KID, "RS256"),
+        jwk(RSA_KEY.public_key(), RSA_KID, "RS256"),
     ]
     await refused(verifier, bearer(es256(claims(jwks))), "Invalid token")
     small = jwt.encode(claims(jwks), small_rsa, algorithm="RS256", headers={"kid": "small"})

@@ -15,8 +15,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import signed_in
-from tests.sql.test_generation_sql import SCHNELL, finish, start
-from tests.sql.test_migrations import run_cli
+from tests.support.cli import run_cli
+from tests.support.generations import SCHNELL, finish, start
 from worker.events import QUEUE, follow_events
 
 Conn = psycopg.Connection[dict[str, Any]]

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -31,48 +32,46 @@ from starlette.routing import Mount, Route
 from api.app import create_app
 from api.limits import MAX_HEADER_BYTES, MAX_HEADERS, uvicorn_options
 from devstack.postgres import LocalPostgres
+from devstack.simulator import SimulatorConfig
 from devstack.stack import DevState, dev_settings, dev_simulator
-from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.integration.test_abuse import (
-    FLUX,
-    Listener,
-    Service,
-    _supabase_standin,
-    error_body,
-    listener,
-    serve,
-    snapshot,
-)
-from tests.integration.test_worker import wait_for
 from tests.support.background_server import BackgroundServer
+from tests.support.generations import start_generation
+from tests.support.outbound import Listener
+from tests.support.pg import connect
+from tests.support.served import FLUX, Served, error_body, serve_app, traces
+from tests.support.served import serve as served_stack
 from tests.support.stack import Stack, run_stack
 from tests.support.torture import TortureReport, scale
-from tests.torture.test_crash_torture import simulator_predictions, spawn_worker, start_generation
-from tests.torture.test_db_restart import cluster, connect
+from tests.support.workers import simulator_predictions, spawn_worker, wait_for
 from worker.migrate import migrate
 from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
 from worker.settings import Settings
 
 Conn = psycopg.Connection[dict[str, Any]]
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-__all__ = [
-    "cluster",
-    "listener",
-]  # fixtures of tests.torture.test_db_restart and tests.integration.test_abuse
+
+
+def serve(
+    database_url: str, tmp_path: Path, *, run_jobs: bool = False
+) -> AbstractContextManager[Served]:
+    return served_stack(
+        database_url, tmp_path / "storage", SimulatorConfig(latency_seconds=0.0), run_jobs=run_jobs
+    )
 
 
 @pytest.fixture
-def service(database_url: str, tmp_path: Path) -> Iterator[Service]:
+def service(database_url: str, tmp_path: Path) -> Iterator[Served]:
     """No job runner: whatever changes in the database, a request wrote."""
-    yield from serve(database_url, tmp_path)
+    with serve(database_url, tmp_path) as running:
+        yield running
 
 
 # -- 1. bodies that do not parse
 
 
-def test_every_unparsable_body_is_a_400_naming_the_problem(conn: Conn, service: Service) -> None:
-    auth = f"Bearer {service.hs256(make_user(conn))}"
+def test_every_unparsable_body_is_a_400_naming_the_problem(conn: Conn, service: Served) -> None:
+    auth = f"Bearer {service.token(make_user(conn))}"
     fine = {"prompt": "a cat", "model_id": FLUX}
     bodies = {
         b"[" * 1500: "nests more than",
@@ -86,7 +85,7 @@ def test_every_unparsable_body_is_a_400_naming_the_problem(conn: Conn, service: 
         b'"just a string"': "JSON object",
         b"[]": "JSON object",
     }
-    before = snapshot(conn)
+    before = traces(conn)
     for body, problem in bodies.items():
         for name in ("start-generation", "generate-image"):
             response = service.call(
@@ -94,7 +93,7 @@ def test_every_unparsable_body_is_a_400_naming_the_problem(conn: Conn, service: 
             )
             assert response.status_code == 400, (body[:40], response.text)
             assert problem in error_body(response), (body[:40], response.text)
-    assert snapshot(conn) == before
+    assert traces(conn) == before
     # Brackets inside strings are text, however many; the depth a body needs still passes.
     deep_text = fine | {"prompt": "[" * 2000, "extra": {"a": [[1]]}}
     assert service.call("POST", "start-generation", auth, json=deep_text).status_code == 200
@@ -108,15 +107,15 @@ def test_every_unparsable_body_is_a_400_naming_the_problem(conn: Conn, service: 
     ["\u00a0\u00a0", "\u200b", "\ufeff", "\x01\x02\x7f", "\u200b \u00a0\ufeff\u2060\u3000"],
 )
 def test_blank_looking_prompts_are_refused_at_the_door(
-    conn: Conn, service: Service, prompt: str
+    conn: Conn, service: Served, prompt: str
 ) -> None:
-    auth = f"Bearer {service.hs256(make_user(conn))}"
-    before = snapshot(conn)
+    auth = f"Bearer {service.token(make_user(conn))}"
+    before = traces(conn)
     for name in ("start-generation", "generate-image"):
         response = service.call("POST", name, auth, json={"prompt": prompt, "model_id": FLUX})
         assert response.status_code == 400, (name, response.text)
         assert "prompt" in error_body(response)
-    assert snapshot(conn) == before
+    assert traces(conn) == before
     visible = service.call(
         "POST", "start-generation", auth, json={"prompt": f"{prompt}a cat", "model_id": FLUX}
     )
@@ -207,7 +206,7 @@ def _wait_for_generations(conn: Conn, ids: list[str], seconds: float = 30) -> li
     return rows
 
 
-def _start(service: Service, token: str, **body: Any) -> str:
+def _start(service: Served, token: str, **body: Any) -> str:
     started = service.call(
         "POST", "start-generation", token, json={"prompt": "x", "model_id": FLUX} | body
     )
@@ -228,8 +227,8 @@ def test_output_urls_to_internal_addresses_are_never_fetched(
         "http://169.254.169.254/latest/meta-data/",
         "http://10.0.0.1/a.png",
     ]
-    for service in serve(database_url, tmp_path, run_jobs=True):
-        token = f"Bearer {service.hs256(user)}"
+    with serve(database_url, tmp_path, run_jobs=True) as service:
+        token = f"Bearer {service.token(user)}"
         ids = []
         for target in targets:
             service.stack.configure_simulator(output_override=[target])
@@ -325,8 +324,8 @@ def test_svg_outputs_are_sanitized_before_they_are_stored(
     conn: Conn, database_url: str, tmp_path: Path
 ) -> None:
     user = make_user(conn)
-    for service in serve(database_url, tmp_path, run_jobs=True):
-        token = f"Bearer {service.hs256(user)}"
+    with serve(database_url, tmp_path, run_jobs=True) as service:
+        token = f"Bearer {service.token(user)}"
         service.stack.configure_simulator(
             output_body=HOSTILE_SVG, output_content_type="image/svg+xml"
         )
@@ -394,56 +393,46 @@ def test_header_limits_of_the_served_protocol(
     requests, bodies after headers and keep-alive all still work."""
     assert uvicorn_options()["http"].__name__ == "LimitedHttpToolsProtocol"
     user = make_user(conn)
-    service_key = "hardening-service-role-key-0123456789abcdef"
-    with BackgroundServer(_supabase_standin(tmp_path / "storage", service_key)) as supabase:
-        stack = Stack(supabase.url, service_key, tmp_path / "storage", database_url)
-        settings = stack.settings(supabase_jwt_secret="hardening-jwt-secret-0123456789abcdef")
-        app = create_app(settings, run_jobs=False)
-        with BackgroundServer(app, **uvicorn_options()) as server:
-            port = server.port
-            # 64 MB in one header: refused once the first 32 KiB are in, not at the end.
-            answer = _raw_request(
-                port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ", _huge_header(64 << 20)
-            )
-            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
-            assert b'"error"' in answer
-            many = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
-            answer = _raw_request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
-            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
-            long_url = b"GET /health?" + b"q" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\n\r\n"
-            assert _raw_request(port, long_url).startswith(b"HTTP/1.1 431 ")
+    with (
+        run_stack(database_url, tmp_path / "storage") as stack,
+        serve_app(stack, run_jobs=False, server_options=uvicorn_options()) as server,
+    ):
+        port = server.port
+        # 64 MB in one header: refused once the first 32 KiB are in, not at the end.
+        answer = _raw_request(
+            port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ", _huge_header(64 << 20)
+        )
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert b'"error"' in answer
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
+        answer = _raw_request(port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        long_url = b"GET /health?" + b"q" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\n\r\n"
+        assert _raw_request(port, long_url).startswith(b"HTTP/1.1 431 ")
 
-            token = mint_dev_token(
-                "hardening-jwt-secret-0123456789abcdef", user, issuer=f"{supabase.url}/auth/v1"
-            )
-            before = snapshot(conn)
-            head = (
-                b"POST /functions/v1/start-generation HTTP/1.1\r\nHost: x\r\n"
-                b"Authorization: Bearer " + token.encode() + b"\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
-            )
-            answer = _raw_request(port, head)  # 100 MB declared, none sent: answered anyway
-            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
-            assert snapshot(conn) == before
+        token = server.token(user)
+        before = traces(conn)
+        head = (
+            b"POST /functions/v1/start-generation HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+        )
+        answer = _raw_request(port, head)  # 100 MB declared, none sent: answered anyway
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert traces(conn) == before
 
-            with httpx.Client(base_url=server.url, timeout=10) as http:
-                body = {"prompt": "a cat", "model_id": FLUX, "pad": "p" * 40_000}
-                big_but_fine = {"Authorization": f"Bearer {token}", "X-Pad": "h" * 20_000}
-                for _ in range(3):  # keep-alive: the count starts again for each request
-                    response = http.post(
-                        "/functions/v1/start-generation", json=body, headers=big_but_fine
-                    )
-                    assert response.status_code == 200, response.text
-                assert http.get("/health").status_code == 200
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            body = {"prompt": "a cat", "model_id": FLUX, "pad": "p" * 40_000}
+            big_but_fine = {"Authorization": f"Bearer {token}", "X-Pad": "h" * 20_000}
+            for _ in range(3):  # keep-alive: the count starts again for each request
+                response = http.post(
+                    "/functions/v1/start-generation", json=body, headers=big_but_fine
+                )
+                assert response.status_code == 200, response.text
+            assert http.get("/health").status_code == 200
 
 
 # -- 10. crash recovery in seconds, not a lease
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
 
 
 def test_a_dead_workers_session_frees_its_jobs_and_a_live_ones_does_not(
@@ -552,19 +541,14 @@ def test_start_generation_answers_503_with_retry_after_while_the_database_is_dow
     timeout is 10 s; the request's, database_request_timeout_seconds, 1.5 s)."""
     url = cluster.create_database("outage")
     migrate(url)
-    jwt_secret = "outage-jwt-secret-0123456789abcdefghij"
     with run_stack(url, tmp_path / "storage") as stack, connect(url) as setup:
         user = make_user(setup)
-        settings = stack.settings(supabase_jwt_secret=jwt_secret)
-        assert settings.database_request_timeout_seconds < 2
-        token = mint_dev_token(jwt_secret, user, issuer=f"{stack.url}/auth/v1")
         body = {"prompt": "a lighthouse", "model_id": FLUX}
         with (
-            BackgroundServer(create_app(settings, run_jobs=False)) as server,
-            httpx.Client(
-                base_url=server.url, timeout=8, headers={"Authorization": f"Bearer {token}"}
-            ) as http,
+            serve_app(stack, run_jobs=False) as served,
+            httpx.Client(base_url=served.url, timeout=8, headers=served.headers(user)) as http,
         ):
+            assert served.settings.database_request_timeout_seconds < 2
             assert http.post("/functions/v1/start-generation", json=body).status_code == 200
             cluster.stop("fast")
             try:
@@ -589,7 +573,7 @@ def test_start_generation_answers_503_with_retry_after_while_the_database_is_dow
 
 
 async def test_a_flood_from_one_client_is_refused_before_the_database(
-    conn: Conn, service: Service
+    conn: Conn, service: Served
 ) -> None:
     """400 requests at once on one token: past the per-client cap they are 429 with
     Retry-After from the API process itself (no database call: nothing queues for the
@@ -598,7 +582,7 @@ async def test_a_flood_from_one_client_is_refused_before_the_database(
     body = {"prompt": "a flood of lighthouses", "model_id": FLUX}
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=limits) as http:
-        flood_headers = {"Authorization": f"Bearer {service.hs256(greedy)}"}
+        flood_headers = {"Authorization": f"Bearer {service.token(greedy)}"}
 
         async def flood_one() -> httpx.Response:
             return await http.post(
@@ -610,7 +594,7 @@ async def test_a_flood_from_one_client_is_refused_before_the_database(
         other_answer = await http.post(
             "/functions/v1/start-generation",
             json=body,
-            headers={"Authorization": f"Bearer {service.hs256(other)}"},
+            headers={"Authorization": f"Bearer {service.token(other)}"},
         )
         health = await http.get("/health")
         answers = await asyncio.gather(*flood)

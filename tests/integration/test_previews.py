@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +17,9 @@ from PIL import Image
 
 from devstack.simulator import render_image
 from tests.conftest import make_user
-from tests.integration.test_worker import run_worker_until, start
-from tests.support.stack import Stack, run_stack
+from tests.support.generations import start_generation
+from tests.support.stack import Stack
+from tests.support.workers import run_worker_until
 from worker.images import inspect_image, preview_hash
 
 RASTER = {"webp": "WEBP", "png": "PNG", "jpg": "JPEG"}  # what the simulator saves, by extension
@@ -89,17 +88,11 @@ FORMAT_MODELS = {
 }
 
 
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
-
-
 async def test_stored_images_carry_the_hash_of_their_stored_bytes(
     conn: psycopg.Connection[Any], database_url: str, stack: Stack
 ) -> None:
     user = make_user(conn)
-    ids = [start(conn, user, model) for model in FORMAT_MODELS.values()]
+    ids = [start_generation(conn, user, model) for model in FORMAT_MODELS.values()]
     rows = await run_worker_until(stack.settings("postgres"), database_url, ids)
     assert {row["status"] for row in rows.values()} == {"completed"}
 

@@ -10,48 +10,20 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from PIL import Image
-from psycopg.rows import dict_row
 
 from tests.conftest import make_user
-from tests.support.stack import Stack, run_stack
+from tests.support.generations import start_generation
+from tests.support.stack import Stack
+from tests.support.workers import FAMILY_MODELS, run_worker_until, wait_for
 from worker.models import CONTENT_TYPES, GenerationParams, expected_size
 from worker.service import open_worker
 from worker.settings import Settings
-
-# One model of every input family of docs/CONTRACT.md §4.
-FAMILY_MODELS = [
-    "black-forest-labs/flux-schnell",
-    "black-forest-labs/flux-dev",
-    "black-forest-labs/flux-krea-dev",
-    "ideogram-ai/ideogram-v3-turbo",
-    "google/imagen-4",
-    "bytedance/sdxl-lightning-4step",
-    "stability-ai/sdxl",
-    "bytedance/seedream-4",
-    "bytedance/seedream-3",
-    "black-forest-labs/flux-1.1-pro",
-    "recraft-ai/recraft-v3-svg",
-    "recraft-ai/recraft-v3",
-    "stability-ai/stable-diffusion-3.5-large",
-    "qwen/qwen-image",
-    "playgroundai/playground-v2.5-1024px-aesthetic",
-]
-TERMINAL = ("completed", "failed")
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
 
 
 @pytest.fixture(params=["postgres", "postgrest"])
@@ -59,57 +31,15 @@ def gateway(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def start(
-    conn: psycopg.Connection[Any], user_id: uuid.UUID, model_id: str, **params: Any
-) -> uuid.UUID:
-    names = ", ".join(f"p_{name} => %({name})s" for name in params)
-    row = conn.execute(
-        f"select generation_id from start_generation(p_user_id => %(user)s, p_prompt => %(prompt)s,"
-        f" p_model_id => %(model)s{', ' + names if names else ''})",
-        {"user": user_id, "prompt": f"a test image for {model_id}", "model": model_id, **params},
-    ).fetchone()
-    assert row is not None
-    return uuid.UUID(str(row["generation_id"] if isinstance(row, dict) else row[0]))
-
-
-async def wait_for(
-    database_url: str, generation_ids: list[uuid.UUID], timeout: float
-) -> dict[uuid.UUID, dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    async with await psycopg.AsyncConnection.connect(
-        database_url, autocommit=True, row_factory=dict_row
-    ) as conn:
-        while True:
-            cursor = await conn.execute(
-                "select * from image_generations where id = any(%s)", (generation_ids,)
-            )
-            rows = {row["id"]: row for row in await cursor.fetchall()}
-            if (
-                all(row["status"] in TERMINAL for row in rows.values())
-                or time.monotonic() > deadline
-            ):
-                return rows
-            await asyncio.sleep(0.1)
-
-
-async def run_worker_until(
-    settings: Settings, database_url: str, generation_ids: list[uuid.UUID], timeout: float = 60
-) -> dict[uuid.UUID, dict[str, Any]]:
-    async with open_worker(settings) as worker:
-        task = asyncio.create_task(worker.runner.run())
-        try:
-            return await wait_for(database_url, generation_ids, timeout)
-        finally:
-            worker.runner.stop()
-            await task
-
-
 async def test_generations_of_every_family_complete(
     conn: psycopg.Connection[Any], database_url: str, stack: Stack, gateway: str
 ) -> None:
     count = 100 if gateway == "postgres" else 30
     users = [make_user(conn) for _ in range(5)]
-    ids = [start(conn, users[i % 5], FAMILY_MODELS[i % len(FAMILY_MODELS)]) for i in range(count)]
+    ids = [
+        start_generation(conn, users[i % 5], FAMILY_MODELS[i % len(FAMILY_MODELS)])
+        for i in range(count)
+    ]
 
     rows = await run_worker_until(stack.settings(gateway, max_parallel_jobs=25), database_url, ids)
 
@@ -160,7 +90,7 @@ async def test_transient_failures_end_completed(
 ) -> None:
     stack.configure_simulator(server_error_rate=0.3, rate_limit_rate=0.2, seed=7)
     user = make_user(conn)
-    ids = [start(conn, user, "black-forest-labs/flux-schnell") for _ in range(10)]
+    ids = [start_generation(conn, user, "black-forest-labs/flux-schnell") for _ in range(10)]
     rows = await run_worker_until(stack.settings(gateway), database_url, ids)
     assert {row["status"] for row in rows.values()} == {"completed"}
 
@@ -170,7 +100,7 @@ async def test_permanent_failure_fails_with_readable_message_after_attempts(
 ) -> None:
     stack.configure_simulator(failure_rate=1.0)
     user = make_user(conn)
-    ids = [start(conn, user, "black-forest-labs/flux-schnell")]
+    ids = [start_generation(conn, user, "black-forest-labs/flux-schnell")]
     settings = stack.settings(gateway)
     rows = await run_worker_until(settings, database_url, ids, timeout=60)
     row = rows[ids[0]]
@@ -235,7 +165,7 @@ async def test_killed_runner_resumes_the_saved_prediction(
 ) -> None:
     stack.configure_simulator(latency_seconds=3.0)
     user = make_user(conn)
-    generation_id = start(conn, user, "black-forest-labs/flux-dev")
+    generation_id = start_generation(conn, user, "black-forest-labs/flux-dev")
     process = _worker_process(stack.settings(), LEASE_SECONDS="10", REPLICATE_WAIT_SECONDS="1")
     try:
         deadline = time.monotonic() + 20
@@ -266,7 +196,7 @@ async def test_sigterm_loses_nothing(
 ) -> None:
     stack.configure_simulator(latency_seconds=4.0)
     user = make_user(conn)
-    ids = [start(conn, user, "black-forest-labs/flux-schnell") for _ in range(50)]
+    ids = [start_generation(conn, user, "black-forest-labs/flux-schnell") for _ in range(50)]
     process = _worker_process(
         stack.settings(),
         MAX_PARALLEL_JOBS="50",
@@ -308,7 +238,7 @@ async def test_default_lease_and_poll_carry_a_job_no_notify_announced(
     }
     stack.configure_simulator(latency_seconds=2.0)
     with conn.transaction():  # its NOTIFY goes out while the job is not due yet
-        generation_id = start(conn, make_user(conn), "black-forest-labs/flux-schnell")
+        generation_id = start_generation(conn, make_user(conn), "black-forest-labs/flux-schnell")
         conn.execute(
             "update job_queue set scheduled_at = now() + interval '1 second'"
             " where payload->>'generation_id' = %s",

@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from devstack.postgres import free_port
 from tests.conftest import http_response
-from tests.sql.test_migrations import run_cli
+from tests.support.cli import run_cli
 
 Conn = psycopg.Connection[dict[str, Any]]
 

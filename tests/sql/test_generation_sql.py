@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.conftest import make_user, signed_in
+from tests.support.generations import SCHNELL, exact, finish, start
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-SCHNELL = "black-forest-labs/flux-schnell"
 FLUX_DEV = "black-forest-labs/flux-dev"
 
 # docs/CONTRACT.md §1: what the generate-image job's payload carries.
@@ -32,21 +31,6 @@ PAYLOAD_KEYS = {
     "source_image_url",
     "strength",
 }
-
-
-def exact(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Floats as Decimal: the functions take numeric, which double precision does not reach."""
-    return {k: Decimal(str(v)) if isinstance(v, float) else v for k, v in arguments.items()}
-
-
-def start(conn: Conn, user_id: uuid.UUID, **kwargs: Any) -> dict[str, Any]:
-    """start_generation with named arguments; prompt and model_id have defaults here."""
-    arguments = {"user_id": user_id, "prompt": "a lighthouse at dusk", "model_id": SCHNELL}
-    arguments = exact(arguments | kwargs)
-    names = ", ".join(f"p_{name} => %({name})s" for name in arguments)
-    row = conn.execute(f"select * from start_generation({names})", arguments).fetchone()
-    assert row is not None
-    return row
 
 
 def generation(conn: Conn, generation_id: uuid.UUID) -> dict[str, Any]:
@@ -394,23 +378,6 @@ def test_generation_downloading_is_fenced(conn: Conn, user_id: uuid.UUID) -> Non
 
 
 # finish_generation
-
-
-def finish(
-    conn: Conn, generation_id: uuid.UUID, owner: uuid.UUID, **kwargs: Any
-) -> list[dict[str, Any]]:
-    """finish_generation with named arguments; the file lies at the owner's path."""
-    arguments = {
-        "generation_id": generation_id,
-        "storage_path": f"{owner}/{generation_id}.webp",
-        "public_url": f"https://cdn.test/generated-images/{owner}/{generation_id}.webp",
-        "file_size": 12345,
-        "width": 1024,
-        "height": 768,
-        "format": "webp",
-    } | kwargs
-    names = ", ".join(f"p_{name} => %({name})s" for name in arguments)
-    return conn.execute(f"select * from finish_generation({names})", arguments).fetchall()
 
 
 def test_finish_generation_stores_the_image_and_completes_both(

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +11,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.support.cli import MIGRATION_NAMES, run_cli
 from worker.migrate import MIGRATIONS_DIR, MigrationError, migrate
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-IMAGEGEN = Path(sys.executable).parent / "imagegen"
-MIGRATION_NAMES = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
 BASELINE = MIGRATIONS_DIR / "0001_baseline.sql"
 
 
@@ -28,18 +24,6 @@ def migrations_copy(tmp_path: Path) -> Path:
     directory = tmp_path / "sql"
     shutil.copytree(MIGRATIONS_DIR, directory)
     return directory
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | (env or {})
-    return subprocess.run(
-        [str(IMAGEGEN), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=environment,
-        check=False,
-    )
 
 
 def recorded(url: str) -> dict[str, str]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.conftest import make_user
+from tests.conftest import as_role, make_user
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -20,16 +18,6 @@ SCHNELL = "black-forest-labs/flux-schnell"
 # What a signed-in user may call; everything else in public is service_role's.
 # The apps call these themselves (docs/CLIENTS.md §2 flows 2-4); generation_status is new (sql/0082).
 USER_CALLABLE = {"cancel_generation", "get_user_limits", "check_rate_limit", "generation_status"}
-
-
-@contextmanager
-def as_role(conn: Conn, role: str, user_id: uuid.UUID | None = None) -> Iterator[None]:
-    """As PostgREST runs a request: the role set and the JWT claims, for one transaction."""
-    claims = {"role": role} | ({"sub": str(user_id)} if user_id else {})
-    with conn.transaction(force_rollback=True):
-        conn.execute(f"set local role {role}")
-        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
-        yield
 
 
 def denied(conn: Conn, sql: str, params: Any = None) -> None:

@@ -18,11 +18,11 @@ from psycopg.rows import dict_row
 
 from devstack.postgres import BIN_DIR
 from tests.conftest import signed_in
-from tests.integration.test_worker import run_worker_until
-from tests.sql.test_migrations import MIGRATION_NAMES, run_cli
+from tests.support.cli import MIGRATION_NAMES, run_cli
 from tests.support.old_picture import STORAGE, SUPABASE, OldPicture, build_old_picture, old_rows
 from tests.support.schema_snapshot import dump_schema
 from tests.support.stack import run_stack
+from tests.support.workers import run_worker_until
 from worker.migrate import MIGRATIONS_DIR, MigrationError, migrate
 
 Conn = psycopg.Connection[dict[str, Any]]

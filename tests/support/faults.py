@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import make_user
-from tests.integration.test_worker import start
+from tests.support.generations import start_generation
 
 # An exception class name (ReadTimeout, RemoteProtocolError) is not for users.
 _CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)+\b")
@@ -110,4 +110,4 @@ def spread(
 ) -> list[uuid.UUID]:
     """`count` generations, `per_user` to a user: well inside the per-user limit."""
     users = [make_user(conn) for _ in range(-(-count // per_user))]
-    return [start(conn, users[i // per_user], model_id) for i in range(count)]
+    return [start_generation(conn, users[i // per_user], model_id) for i in range(count)]

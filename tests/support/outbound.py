@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 import worker.source_image
+from tests.support.background_server import BackgroundServer
 from worker.source_image import IPAddress
 
 
@@ -58,3 +64,24 @@ def keep_fetches_local(
     monkeypatch.setitem(kwdefaults, "resolve", resolve)
     monkeypatch.setattr(worker.source_image, "_get", get)
     return outbound
+
+
+@dataclass
+class Listener:
+    url: str
+    port: int
+    hits: list[str]
+
+
+@contextmanager
+def listening() -> Iterator[Listener]:
+    """Stands where a forged URL points (127.0.0.1): any request reaching it is recorded."""
+    hits: list[str] = []
+
+    async def record(request: Request) -> Response:
+        hits.append(f"{request.url.hostname} {request.url.path}")
+        return Response(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, media_type="image/png")
+
+    app = Starlette(routes=[Route("/{path:path}", record)])
+    with BackgroundServer(app, host="127.0.0.1") as server:
+        yield Listener(server.url, server.port, hits)

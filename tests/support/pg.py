@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
 
 from devstack.postgres import LocalPostgres, temporary_cluster
 from worker.migrate import migrate
@@ -143,3 +147,27 @@ def fresh_database(server: Server, template: str) -> Iterator[str]:
         yield url
     finally:
         server.drop_database(name)
+
+
+def durable_cluster() -> Iterator[LocalPostgres]:
+    """A private, durable cluster of its own, to stop and restart: an immediate restart
+    must not lose committed work."""
+    server = LocalPostgres(Path(tempfile.mkdtemp(prefix="imagegen-restart-")), durable=True)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+def connect(url: str, timeout: float = 15) -> psycopg.Connection[dict[str, Any]]:
+    """A connection, waiting for the server to accept one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=2)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -1,5 +1,6 @@
 """A local stand-in for what the service talks to: the Replicate simulator, Supabase
-Storage (the local file store) and PostgREST (the RPC stand-in), on one loopback server
+Storage (the local file store), Supabase Auth's JWKS (the keys of tests/support/tokens.py)
+and PostgREST (the RPC stand-in), on one loopback server
 with Supabase's URL layout, so real clients can be pointed at it."""
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from devstack.simulator import SimulatorConfig, create_simulator_app
 from devstack.storage import create_storage_app
 from tests.support.background_server import BackgroundServer
 from tests.support.postgrest_standin import create_postgrest_app
+from tests.support.tokens import WORKER_SECRET, published_keys
 from worker.settings import Settings
 
 
@@ -42,7 +46,7 @@ class Stack:
             "supabase_service_role_key": self.service_role_key,
             "replicate_base_url": f"{self.simulator_url}/v1",
             "replicate_api_token": "r8_test_token_for_the_simulator",
-            "worker_secret": "worker-secret-for-tests-0123456789",
+            "worker_secret": WORKER_SECRET,
             "max_parallel_jobs": 10,
             "poll_interval_seconds": 0.5,
             "lease_seconds": 30,
@@ -75,8 +79,13 @@ def run_stack(
     """`storage_middleware` wraps the Storage stand-in (fault injection stays in tests)."""
     key = secrets.token_urlsafe(24)
     storage = create_storage_app(storage_root, key)
+
+    async def jwks(_request: Request) -> JSONResponse:
+        return JSONResponse({"keys": published_keys()})
+
     app = Starlette(
         routes=[
+            Route("/auth/v1/.well-known/jwks.json", jwks),
             Mount(
                 "/replicate",
                 create_simulator_app(simulator or SimulatorConfig(latency_seconds=0.05)),

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +27,16 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user
-from tests.integration.test_worker import FAMILY_MODELS, run_worker_until, wait_for
-from tests.support.stack import Stack, run_stack
+from tests.support.generations import start_generation
+from tests.support.stack import Stack
 from tests.support.torture import TortureReport, scale
+from tests.support.workers import (
+    FAMILY_MODELS,
+    run_worker_until,
+    simulator_predictions,
+    spawn_worker,
+    wait_for,
+)
 from worker.models import GenerationParams, build_replicate_input, prediction_request
 from worker.settings import Settings
 
@@ -40,46 +44,6 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 DOOMED = "[doomed]"  # the simulator fails every prediction whose prompt has this
 ADOPTED = "adopted an unsaved prediction"  # the worker's log line
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
-
-
-def start_generation(conn: Conn, user_id: uuid.UUID, model_id: str, prompt: str) -> uuid.UUID:
-    row = conn.execute(
-        "select generation_id from start_generation(p_user_id => %s, p_prompt => %s,"
-        " p_model_id => %s)",
-        (user_id, prompt, model_id),
-    ).fetchone()
-    assert row is not None
-    return uuid.UUID(str(row["generation_id"]))
-
-
-def spawn_worker(settings: Settings, log_file: Path, **env: str) -> subprocess.Popen[bytes]:
-    """`imagegen worker` as its own process, logging JSON lines to `log_file`."""
-    key = settings.supabase_service_role_key
-    variables = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url or "",
-        "DATABASE_GATEWAY": "postgres",
-        "SUPABASE_URL": settings.supabase_url or "",
-        "SUPABASE_SERVICE_ROLE_KEY": key.get_secret_value() if key else "",
-        "REPLICATE_BASE_URL": settings.replicate_base_url,
-        "REPLICATE_API_TOKEN": "r8_test_token_for_the_simulator",
-        "OUTPUT_PRIVATE_ORIGINS": settings.output_private_origins or "",
-        "LOG_FORMAT": "json",
-        **env,
-    }
-    with log_file.open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker"],
-            env=variables,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
 
 
 def log_events(log_dir: Path) -> Counter[str]:
@@ -92,18 +56,6 @@ def log_events(log_dir: Path) -> Counter[str]:
             except (ValueError, AttributeError):
                 continue
     return events
-
-
-def simulator_predictions(stack: Stack) -> list[dict[str, Any]]:
-    """Every prediction the simulator created, through its list endpoint."""
-    found: list[dict[str, Any]] = []
-    url: str | None = f"{stack.simulator_url}/v1/predictions"
-    with httpx.Client(headers={"Authorization": "Bearer test"}, timeout=30) as http:
-        while url:
-            page = http.get(url).raise_for_status().json()
-            found += page["results"]
-            url = page["next"]
-    return found
 
 
 def orphan_prediction(stack: Stack, payload: dict[str, Any]) -> str:

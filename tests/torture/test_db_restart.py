@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from devstack.postgres import LocalPostgres
 from devstack.simulator import SimulatorConfig
 from tests.conftest import make_user
-from tests.integration.test_worker import wait_for
+from tests.support.generations import start_generation
+from tests.support.pg import connect
 from tests.support.stack import run_stack
 from tests.support.torture import TortureReport, scale
-from tests.torture.test_crash_torture import simulator_predictions, spawn_worker, start_generation
+from tests.support.workers import simulator_predictions, spawn_worker, wait_for
 from worker.migrate import migrate
 
 pytestmark = pytest.mark.torture
@@ -48,18 +45,6 @@ OUTAGE_SECONDS = scale(6.0, 12.0)  # longer than a lease: held jobs are taken ov
 MODELS = ["black-forest-labs/flux-schnell", "stability-ai/sdxl", "google/imagen-4"]
 
 
-@pytest.fixture
-def cluster() -> Iterator[LocalPostgres]:
-    """A private, durable cluster: an immediate restart must not lose committed work."""
-    server = LocalPostgres(Path(tempfile.mkdtemp(prefix="imagegen-restart-")), durable=True)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-
-
 def restart(cluster: LocalPostgres, mode: str) -> None:
     """`fast` or `immediate` restart; `outage`: down for OUTAGE_SECONDS, then back."""
     if mode != "outage":
@@ -68,18 +53,6 @@ def restart(cluster: LocalPostgres, mode: str) -> None:
     cluster.stop("fast")
     time.sleep(OUTAGE_SECONDS)
     cluster.start()
-
-
-def connect(url: str, timeout: float = 15) -> psycopg.Connection[dict[str, Any]]:
-    """A connection, waiting for the server to accept one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=2)
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def query(url: str, sql: str, params: Any = None) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,11 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from api.app import create_app
 from devstack.simulator import MAX_SIDE, SimulatorConfig, validate_input
-from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.support.background_server import BackgroundServer
 from tests.support.outbound import Outbound, keep_fetches_local
-from tests.support.stack import run_stack
+from tests.support.served import Served, serve, traces
+from tests.support.tokens import WORKER_SECRET
 from tests.support.torture import FULL, TortureReport, scale
 from worker.models import (
     FLUX_SCHNELL_RATIOS,
@@ -50,8 +47,6 @@ from worker.postgres_gateway import _adapt, _statement
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-JWT_SECRET = "a-jwt-secret-for-the-fuzz-tests-0123456789"
-WORKER_SECRET = "worker-secret-for-the-fuzz-tests-0123456789"
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
 FIELDS = (
     "prompt",
@@ -320,40 +315,14 @@ def test_the_builder_never_crashes_on_odd_values(
 # -- request validation over HTTP
 
 
-@dataclass
-class Served:
-    url: str
-    issuer: str  # what the app expects in a token's `iss`
-
-    def token(self, user_id: uuid.UUID) -> str:
-        return mint_dev_token(JWT_SECRET, user_id, issuer=self.issuer)
-
-
-def serve(database_url: str, tmp_path: Path, *, run_jobs: bool = False) -> Iterator[Served]:
-    """The app over real HTTP with the stack's simulator and storage (nothing reaches the
-    internet); without the job runner only requests write."""
-    with run_stack(
-        database_url, tmp_path / "storage", SimulatorConfig(latency_seconds=0.0)
-    ) as stack:
-        app_settings = stack.settings(supabase_jwt_secret=JWT_SECRET, worker_secret=WORKER_SECRET)
-        with BackgroundServer(create_app(app_settings, run_jobs=run_jobs)) as server:
-            yield Served(server.url, f"{stack.url}/auth/v1")
-
-
 @pytest.fixture
 def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
-    yield from serve(database_url, tmp_path)
-
-
-def snapshot(conn: Conn) -> tuple[Any, ...]:
-    """Every trace a request could leave: row counts and the latest updates."""
-    row = conn.execute(
-        "select (select count(*) from image_generations) as generations,"
-        " (select count(*) from job_queue) as jobs, (select count(*) from images) as images,"
-        " (select max(updated_at) from image_generations) as generation_update,"
-        " (select max(updated_at) from job_queue) as job_update"
-    ).fetchone()
-    return tuple(row.values())
+    """The app over real HTTP with the stack's simulator and storage (nothing reaches the
+    internet); without the job runner only requests write."""
+    with serve(
+        database_url, tmp_path / "storage", SimulatorConfig(latency_seconds=0.0), run_jobs=False
+    ) as running:
+        yield running
 
 
 ANY_CHARACTER = st.characters(exclude_categories=[])  # NUL and lone surrogates too
@@ -420,7 +389,7 @@ def test_any_json_body_to_start_generation(
         @example(body={"prompt": "x", "model_id": KNOWN_MODELS[0], "guidance_scale": math.nan})
         @example(body={"prompt": "x", "model_id": KNOWN_MODELS[1], "strength": math.inf})
         def check(body: Any) -> None:
-            before = snapshot(conn)
+            before = traces(conn)
             raw = json.dumps(body).encode("utf-8", "surrogatepass")
             response = http.post(
                 "/functions/v1/start-generation",
@@ -428,12 +397,12 @@ def test_any_json_body_to_start_generation(
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            after = snapshot(conn)
+            after = traces(conn)
             if response.status_code == 200:
-                ok = response.json().get("success") is True and after[:2] == (
-                    before[0] + 1,
-                    before[1] + 1,
-                )
+                ok = response.json().get("success") is True and (
+                    after["generations"],
+                    after["jobs"],
+                ) == (before["generations"] + 1, before["jobs"] + 1)
             else:
                 ok = 400 <= response.status_code < 500 and _error_body(response)
                 ok = ok and after == before
@@ -528,9 +497,9 @@ def test_schemathesis_over_every_endpoint(
             if target and isinstance(case.query, dict) and "id" in case.query:
                 case.query["id"] = str(ids[target])
             label = f"{case.method} {case.path}"
-            before = snapshot(conn)
+            before = traces(conn)
             response = case.call(base_url=served.url, session=session, headers=headers[auth])
-            after = snapshot(conn)
+            after = traces(conn)
             status = response.status_code
             statuses[status] = statuses.get(status, 0) + 1
             per_operation[label] = per_operation.get(label, 0) + 1

@@ -12,52 +12,24 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from api.app import create_app
-from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.support.background_server import BackgroundServer
-from tests.support.stack import Stack, run_stack
+from tests.support.served import Served, serve_app
+from tests.support.stack import Stack
 from tests.support.torture import TortureReport, scale
 
 pytestmark = pytest.mark.torture
 
-JWT_SECRET = "a-jwt-secret-for-the-overload-tests-0123456789"
 FLUX = "black-forest-labs/flux-schnell"
 
 
-class Api:
-    def __init__(self, url: str, issuer: str) -> None:
-        self.url = url
-        self.issuer = issuer
-
-    def headers(self, user: uuid.UUID) -> dict[str, str]:
-        token = mint_dev_token(JWT_SECRET, user, issuer=self.issuer)
-        return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
-
-
-def serve(stack: Stack, gateway: str = "postgres") -> BackgroundServer:
-    """The API alone (no runner): nothing finishes, so every admitted generation stays
-    active and the limits are what counts."""
-    settings = stack.settings(gateway, supabase_jwt_secret=JWT_SECRET)
-    return BackgroundServer(create_app(settings, run_jobs=False))
-
-
 async def post(
-    http: httpx.AsyncClient, api: Api, user: uuid.UUID, headers: dict[str, str] | None = None
+    http: httpx.AsyncClient, api: Served, user: uuid.UUID, headers: dict[str, str] | None = None
 ) -> tuple[int, float, httpx.Response]:
     started = time.perf_counter()
     response = await http.post(
@@ -92,8 +64,7 @@ async def test_burst_of_one_user_is_capped_and_others_are_served(
     burst = scale(500, 2000)
     limit = limits(conn)["max_active_generations_per_user"]  # the product's default
     greedy, other = make_user(conn), make_user(conn)
-    with serve(stack) as server:
-        api = Api(server.url, f"{stack.url}/auth/v1")
+    with serve_app(stack, run_jobs=False) as api:
         token = api.headers(greedy)["Authorization"].removeprefix("Bearer ")
         async with httpx.AsyncClient(timeout=60) as http:
             await post(http, api, other)  # warm: pool, token cache
@@ -163,8 +134,7 @@ async def test_full_queue_is_refused_with_503_and_retry_after(
     depth = 30
     limits(conn, max_queue_depth=depth)
     users = [make_user(conn) for _ in range(scale(100, 400))]
-    with serve(stack) as server:
-        api = Api(server.url, f"{stack.url}/auth/v1")
+    with serve_app(stack, run_jobs=False) as api:
         connections = httpx.Limits(max_connections=len(users) + 10, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=60, limits=connections) as http:
             answers = await asyncio.gather(*(post(http, api, user) for user in users))
@@ -202,8 +172,7 @@ async def test_refusals_through_postgrest(
     """The same SQLSTATE reaches the API through PostgREST (PTxyz answers HTTP xyz)."""
     limits(conn, max_active_per_user=2)
     user = make_user(conn)
-    with serve(stack, gateway="postgrest") as server:
-        api = Api(server.url, f"{stack.url}/auth/v1")
+    with serve_app(stack, run_jobs=False, gateway="postgrest") as api:
         async with httpx.AsyncClient(timeout=30) as http:
             answers = [await post(http, api, user) for _ in range(4)]
     statuses = [status for status, _, _ in answers]

@@ -17,11 +17,11 @@ import pytest
 from psycopg.rows import dict_row
 
 from devstack.simulator import SimulatorConfig
-from tests.integration.test_worker import run_worker_until
 from tests.support.faults import assert_readable, backoff_skipped, hung_server, spread, unfinished
 from tests.support.pg import Server, fresh_database
 from tests.support.stack import Stack, run_stack
 from tests.support.torture import FULL, TortureReport, scale
+from tests.support.workers import run_worker_until
 from worker.settings import Settings
 
 pytestmark = pytest.mark.torture

@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.integration.test_worker import run_worker_until
 from tests.support.faults import assert_readable, backoff_skipped, spread, unfinished
 from tests.support.stack import Stack, run_stack
 from tests.support.torture import FULL, TortureReport, scale
+from tests.support.workers import run_worker_until
 from worker.settings import Settings
 
 pytestmark = pytest.mark.torture
