@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -8,11 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from devstack.postgres import LocalPostgres
+from devstack.simulator import SimulatorConfig, create_simulator_app
+from tests.support.background_server import BackgroundServer
 from tests.support.old_picture import OldPicture, build_old_picture
 from tests.support.outbound import Listener, listening
 from tests.support.pg import (
@@ -79,6 +83,30 @@ def empty_database_url(pg_server: Server) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(name)
+
+
+SIMULATOR_DEFAULTS = SimulatorConfig(latency_seconds=0.05)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[BackgroundServer]:
+    """The Replicate simulator alone, one server per module (it keeps tests fast)."""
+    with BackgroundServer(create_simulator_app(SIMULATOR_DEFAULTS)) as server:
+        yield server
+
+
+@pytest.fixture
+def simulator(sim: BackgroundServer) -> Iterator[httpx.Client]:
+    """A client of `sim`, which is reset to SIMULATOR_DEFAULTS for each test (its knobs
+    and counters are under /_simulator)."""
+    with httpx.Client(
+        base_url=sim.url, headers={"Authorization": "Bearer test-token"}, timeout=10
+    ) as http:
+        http.post(
+            "/_simulator/config", json=dataclasses.asdict(SIMULATOR_DEFAULTS)
+        ).raise_for_status()
+        http.post("/_simulator/reset").raise_for_status()
+        yield http
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from devstack.postgres import free_port
-from devstack.simulator import SimulatorConfig, create_simulator_app
 from tests.support.background_server import BackgroundServer
 from worker.models import GenerationParams, build_replicate_input, prediction_request
 from worker.replicate import (
@@ -39,39 +38,25 @@ from worker.replicate import (
 )
 
 TOKEN = "r8_test-token-that-must-never-leak"
-DEFAULTS = SimulatorConfig(latency_seconds=0.05)
 PARAMS = GenerationParams(
     prompt="a fox", model_id="black-forest-labs/flux-dev", width=64, height=48
 )
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[BackgroundServer]:
-    with BackgroundServer(create_simulator_app(DEFAULTS)) as server:
-        yield server
-
-
 @pytest.fixture
-def control(sim: BackgroundServer) -> Iterator[httpx.Client]:
-    """Sets knobs and reads counters; resets the simulator for each test."""
-    with httpx.Client(base_url=sim.url, timeout=10) as http:
-        http.post("/_simulator/config", json=dataclasses.asdict(DEFAULTS)).raise_for_status()
-        http.post("/_simulator/reset").raise_for_status()
-        yield http
-
-
-@pytest.fixture
-async def replicate(sim: BackgroundServer, control: httpx.Client) -> AsyncIterator[ReplicateClient]:
+async def replicate(
+    sim: BackgroundServer, simulator: httpx.Client
+) -> AsyncIterator[ReplicateClient]:
     async with ReplicateClient(f"{sim.url}/v1", TOKEN, timeout=5) as client:
         yield client
 
 
-def configure(control: httpx.Client, **changes: Any) -> None:
-    control.post("/_simulator/config", json=changes).raise_for_status()
+def configure(simulator: httpx.Client, **changes: Any) -> None:
+    simulator.post("/_simulator/config", json=changes).raise_for_status()
 
 
-def stats(control: httpx.Client) -> dict[str, Any]:
-    return dict(control.get("/_simulator/stats").json())
+def stats(simulator: httpx.Client) -> dict[str, Any]:
+    return dict(simulator.get("/_simulator/stats").json())
 
 
 def request_for(params: GenerationParams = PARAMS) -> tuple[str, dict[str, Any]]:
@@ -95,9 +80,9 @@ async def test_create_wait_and_download(replicate: ReplicateClient) -> None:
 
 
 async def test_prefer_wait_returns_the_finished_prediction(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, latency_seconds=0.2)
+    configure(simulator, latency_seconds=0.2)
     prediction = await replicate.create_prediction(
         *request_for(), wait_seconds=5, cancel_after_seconds=60
     )
@@ -106,8 +91,8 @@ async def test_prefer_wait_returns_the_finished_prediction(
     assert await replicate.wait_for_prediction(prediction, deadline_seconds=0.01) is prediction
 
 
-async def test_cancel(replicate: ReplicateClient, control: httpx.Client) -> None:
-    configure(control, latency_seconds=10)
+async def test_cancel(replicate: ReplicateClient, simulator: httpx.Client) -> None:
+    configure(simulator, latency_seconds=10)
     created = await replicate.create_prediction(*request_for(), wait_seconds=None)
     canceled = await replicate.cancel_prediction(created.id)
     assert canceled.status == "canceled"
@@ -117,9 +102,9 @@ async def test_cancel(replicate: ReplicateClient, control: httpx.Client) -> None
 
 
 async def test_cancel_after_header_is_sent(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, latency_seconds=10)
+    configure(simulator, latency_seconds=10)
     created = await replicate.create_prediction(
         *request_for(), wait_seconds=None, cancel_after_seconds=1
     )
@@ -127,8 +112,8 @@ async def test_cancel_after_header_is_sent(
         await replicate.wait_for_prediction(created, deadline_seconds=5)
 
 
-async def test_failed_prediction(replicate: ReplicateClient, control: httpx.Client) -> None:
-    configure(control, failure_rate=1.0)
+async def test_failed_prediction(replicate: ReplicateClient, simulator: httpx.Client) -> None:
+    configure(simulator, failure_rate=1.0)
     created = await replicate.create_prediction(*request_for(), wait_seconds=5)
     assert created.status == "failed"
     with pytest.raises(PredictionFailed, match="Simulated failure") as caught:
@@ -137,9 +122,9 @@ async def test_failed_prediction(replicate: ReplicateClient, control: httpx.Clie
 
 
 async def test_our_deadline_raises_timed_out(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, latency_seconds=10)
+    configure(simulator, latency_seconds=10)
     created = await replicate.create_prediction(*request_for(), wait_seconds=None)
     with pytest.raises(PredictionTimedOut) as caught:
         await replicate.wait_for_prediction(created, deadline_seconds=0.3)
@@ -149,52 +134,54 @@ async def test_our_deadline_raises_timed_out(
 
 
 async def test_429_is_retried_after_retry_after(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, rate_limit_rate=1.0, retry_after_seconds=1)
+    configure(simulator, rate_limit_rate=1.0, retry_after_seconds=1)
     started = time.monotonic()
     create = asyncio.create_task(replicate.create_prediction(*request_for(), wait_seconds=None))
     await asyncio.sleep(0.3)
-    await asyncio.to_thread(configure, control, rate_limit_rate=0.0)
+    await asyncio.to_thread(configure, simulator, rate_limit_rate=0.0)
     prediction = await create
     assert time.monotonic() - started >= 1.0  # waited for Retry-After, not the short backoff
-    counts = stats(control)
+    counts = stats(simulator)
     assert counts["rate_limited"] == 1 and counts["predictions_created"] == 1
     assert prediction.id
 
 
-async def test_429_gives_up_after_max_retries(sim: BackgroundServer, control: httpx.Client) -> None:
-    configure(control, rate_limit_rate=1.0, retry_after_seconds=0)
+async def test_429_gives_up_after_max_retries(
+    sim: BackgroundServer, simulator: httpx.Client
+) -> None:
+    configure(simulator, rate_limit_rate=1.0, retry_after_seconds=0)
     async with ReplicateClient(f"{sim.url}/v1", TOKEN, timeout=5, max_retries=1) as client:
         with pytest.raises(ReplicateRateLimited) as caught:
             await client.get_prediction("x")
     assert caught.value.retryable and caught.value.status_code == 429
-    assert stats(control)["rate_limited"] == 2
+    assert stats(simulator)["rate_limited"] == 2
 
 
-async def test_5xx_is_retried_for_get(replicate: ReplicateClient, control: httpx.Client) -> None:
+async def test_5xx_is_retried_for_get(replicate: ReplicateClient, simulator: httpx.Client) -> None:
     created = await replicate.create_prediction(*request_for(), wait_seconds=5)
-    configure(control, server_error_rate=1.0)
+    configure(simulator, server_error_rate=1.0)
     get = asyncio.create_task(replicate.get_prediction(created.id))
     await asyncio.sleep(0.1)
-    await asyncio.to_thread(configure, control, server_error_rate=0.0)
+    await asyncio.to_thread(configure, simulator, server_error_rate=0.0)
     assert (await get).status == "succeeded"
-    assert stats(control)["server_errors"] >= 1
+    assert stats(simulator)["server_errors"] >= 1
 
 
 async def test_5xx_on_create_is_not_resent(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, server_error_rate=1.0)
+    configure(simulator, server_error_rate=1.0)
     with pytest.raises(ReplicateTransientError) as caught:
         await replicate.create_prediction(*request_for(), wait_seconds=None)
     assert caught.value.retryable and caught.value.status_code == 503
-    counts = stats(control)
+    counts = stats(simulator)
     assert counts["api_requests"] == 1 and counts["server_errors"] == 1
 
 
 async def test_422_is_permanent_and_not_retried(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
     body = {"input": {"prompt": "p", "aspect_ratio": "7:4"}}
     with pytest.raises(ReplicateInvalidInput, match="aspect_ratio") as caught:
@@ -202,7 +189,7 @@ async def test_422_is_permanent_and_not_retried(
             "/models/black-forest-labs/flux-schnell/predictions", body, wait_seconds=None
         )
     assert not caught.value.retryable and caught.value.status_code == 422
-    assert stats(control)["api_requests"] == 1
+    assert stats(simulator)["api_requests"] == 1
 
 
 async def test_missing_token_is_an_auth_error(sim: BackgroundServer) -> None:
@@ -213,9 +200,9 @@ async def test_missing_token_is_an_auth_error(sim: BackgroundServer) -> None:
 
 
 async def test_unknown_model_and_prediction(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, unknown_models=["black-forest-labs/flux-dev"])
+    configure(simulator, unknown_models=["black-forest-labs/flux-dev"])
     with pytest.raises(ModelNotFound) as caught:
         await replicate.create_prediction(*request_for(), wait_seconds=None)
     assert not caught.value.retryable
@@ -223,8 +210,8 @@ async def test_unknown_model_and_prediction(
         await replicate.get_prediction("does-not-exist")
 
 
-async def test_expired_output(replicate: ReplicateClient, control: httpx.Client) -> None:
-    configure(control, output_ttl_seconds=0.1)
+async def test_expired_output(replicate: ReplicateClient, simulator: httpx.Client) -> None:
+    configure(simulator, output_ttl_seconds=0.1)
     prediction = await replicate.create_prediction(*request_for(), wait_seconds=5)
     await asyncio.sleep(0.2)
     with pytest.raises(OutputExpired, match="an hour") as caught:
@@ -255,7 +242,7 @@ async def test_connect_errors_are_retried_then_transient() -> None:
 
 
 async def test_token_never_appears_in_errors_or_logs(
-    replicate: ReplicateClient, control: httpx.Client, capsys: pytest.CaptureFixture[str]
+    replicate: ReplicateClient, simulator: httpx.Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Even a server that echoes our Authorization header cannot make us repeat it."""
 
@@ -275,7 +262,7 @@ async def test_token_never_appears_in_errors_or_logs(
                     await call
                 errors.append(caught.value)
             assert TOKEN not in repr(client)
-    configure(control, failure_rate=1.0)
+    configure(simulator, failure_rate=1.0)
     with pytest.raises(ReplicateError) as failed:
         await replicate.wait_for_prediction(
             await replicate.create_prediction(*request_for(), wait_seconds=5), deadline_seconds=5
@@ -302,9 +289,9 @@ def test_parse_retry_after() -> None:
 
 
 async def test_list_predictions_pages_newest_first(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
-    configure(control, page_size=2)
+    configure(simulator, page_size=2)
     created = [
         await replicate.create_prediction(
             *request_for(dataclasses.replace(PARAMS, prompt=f"fox {i}")), wait_seconds=None
@@ -325,15 +312,15 @@ async def test_list_predictions_pages_newest_first(
 
 
 async def test_list_predictions_is_retried_on_5xx(
-    replicate: ReplicateClient, control: httpx.Client
+    replicate: ReplicateClient, simulator: httpx.Client
 ) -> None:
     await replicate.create_prediction(*request_for(), wait_seconds=None)
-    configure(control, server_error_rate=1.0)
+    configure(simulator, server_error_rate=1.0)
     listing = asyncio.create_task(replicate.list_predictions())
     await asyncio.sleep(0.1)
-    await asyncio.to_thread(configure, control, server_error_rate=0.0)
+    await asyncio.to_thread(configure, simulator, server_error_rate=0.0)
     assert len((await listing).predictions) == 1
-    assert stats(control)["server_errors"] >= 1
+    assert stats(simulator)["server_errors"] >= 1
 
 
 async def test_list_predictions_sends_the_token_only_to_our_base_url() -> None:
