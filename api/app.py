@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import time
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -81,16 +80,10 @@ Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
-def is_blank(text: str) -> bool:
-    """Nothing but separators (Z*: spaces, NBSP), controls and format characters (C*:
-    zero-width space, BOM, joiners): what shows as nothing."""
-    return all(char.isspace() or unicodedata.category(char)[0] in "CZ" for char in text)
-
-
 class GenerationBody(BaseModel):
     """The generation parameters every endpoint accepts (docs/CONTRACT.md §1)."""
 
-    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+    model_config = ConfigDict(extra="ignore")
 
     # The examples are what the API docs show and "Try it out" sends.
     prompt: str = Field(examples=["a lighthouse at dusk, oil painting"])
@@ -117,15 +110,6 @@ class GenerationBody(BaseModel):
                 raise ValueError("must be valid Unicode text") from None
             if "\x00" in value:
                 raise ValueError("must not contain NUL characters")
-        return value
-
-    @field_validator("prompt")
-    @classmethod
-    def _visible_prompt(cls, value: str) -> str:
-        """A prompt of only invisible characters is empty to the model (the SQL check
-        sees only whitespace, not NBSP, zero-width spaces or a BOM)."""
-        if is_blank(value):
-            raise ValueError("prompt is required (it has no visible character)")
         return value
 
     def fields(self) -> dict[str, Any]:
@@ -416,7 +400,7 @@ async def _run_until_ended(
 
 
 class BatchPrompt(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+    model_config = ConfigDict(extra="ignore")
 
     text: str
     negative_prompt: str | None = None
@@ -425,7 +409,7 @@ class BatchPrompt(BaseModel):
 
 
 class BatchSettings(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+    model_config = ConfigDict(extra="ignore")
 
     model_id: str = Field(examples=["black-forest-labs/flux-schnell"])
     model_version: str | None = None
@@ -438,9 +422,9 @@ class BatchSettings(BaseModel):
 class BatchBody(BaseModel):
     """batch-generate's body (M/store/batchStore.ts)."""
 
-    model_config = ConfigDict(extra="ignore", str_max_length=4000)
+    model_config = ConfigDict(extra="ignore")
 
-    prompts: list[BatchPrompt] = Field(max_length=1000)
+    prompts: list[BatchPrompt]
     shared_settings: BatchSettings
     batch_name: str | None = None
 

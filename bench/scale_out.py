@@ -40,7 +40,6 @@ from bench.processes import (
 )
 
 USERS = 500
-ACTIVE = ("pending", "queued", "processing", "downloading")
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def wait_until_finished(database_url: str, processes: list[Process], timeout: fl
     with psycopg.connect(database_url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
-                "select count(*) from image_generations where status = any(%s)", (list(ACTIVE),)
+                "select count(*) from image_generations where imagegen.is_active(status)"
             ).fetchone()
             if row and row[0] == 0:
                 return

@@ -50,6 +50,12 @@ CREATE FUNCTION imagegen.active_job(p_generation_id uuid) RETURNS uuid
     limit 1
 $$;
 
+CREATE FUNCTION imagegen.active_statuses() RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select array['pending', 'queued', 'processing', 'downloading']
+$$;
+
 CREATE FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer DEFAULT 1, p_counted boolean DEFAULT false) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -254,7 +260,7 @@ begin
         perform imagegen.invalid('retry_count', 'retry_count can only be reset to 0');
     end if;
 
-    if old.status in ('pending', 'queued', 'processing', 'downloading')
+    if imagegen.is_active(old.status)
        and new.status = 'failed' then
         new.error_message := left(coalesce(new.error_message, 'Cancelled by user'), 1000);
         new.retry_count := old.retry_count;
@@ -409,10 +415,15 @@ begin
     if new.payload ->> 'generation_id' ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' then
         update image_generations
         set status = 'failed', updated_at = now(),
-            error_message = coalesce(new.error_message, 'Image generation failed'),
+            error_message = case
+                when new.error_details ->> 'error_type' = 'lease_expired' then
+                    'Image generation failed: the worker stopped responding during the '
+                    'final attempt. Please try again.'
+                else coalesce(new.error_message, 'Image generation failed')
+            end,
             retry_count = greatest(new.attempts - 1, 0)
         where id = (new.payload ->> 'generation_id')::uuid
-          and status in ('pending', 'queued', 'processing', 'downloading');
+          and imagegen.is_active(status);
     end if;
     return null;
 end
@@ -535,6 +546,20 @@ begin
         message = case when starts_with(p_message, p_field) then p_message
                        else p_field || ': ' || p_message end;
 end
+$$;
+
+CREATE FUNCTION imagegen.is_active(p_status text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select p_status = any (imagegen.active_statuses())
+$$;
+
+CREATE FUNCTION imagegen.is_blank(p_text text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select p_text !~ ('[^[:space:][:cntrl:]\u0080-\u00a0\u00ad\u061c\u1680\u180e'
+                      '\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ue000-\uf8ff'
+                      '\ufeff\ufff0-\ufffb]')
 $$;
 
 CREATE FUNCTION imagegen.keep_batch_counts() RETURNS trigger
@@ -949,11 +974,11 @@ CREATE FUNCTION public.cancel_generation(p_generation_id uuid) RETURNS boolean
     AS $$
 begin
     update image_generations
-    set status = 'failed', error_message = 'Cancelled by the user', completed_at = now(),
+    set status = 'failed', error_message = 'Cancelled by user', completed_at = now(),
         updated_at = now()
     where id = p_generation_id
       and user_id = auth.uid()
-      and status in ('pending', 'queued', 'processing', 'downloading');
+      and imagegen.is_active(status);
     return found;
 end
 $$;
@@ -1050,13 +1075,12 @@ CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p
     SET search_path TO 'public', 'pg_temp'
     AS $$
     with exhausted as (
-        -- A lease that ran out on the final attempt: the job fails (and with it, by the
-        -- rule of section 8, its generation) instead of running forever a job that keeps
-        -- killing its workers. error_type marks the attempt as lost in its history.
+        -- A lease that ran out on the final attempt: the job fails (and its generation
+        -- with it, worded for the user by fail_generation_of_ended_job) instead of running
+        -- forever a job that keeps killing its workers. error_type marks the attempt lost.
         update job_queue
         set status = 'failed', completed_at = now(), updated_at = now(),
-            error_message = 'Image generation failed: the worker stopped responding '
-                            'during the final attempt. Please try again.',
+            error_message = 'The worker stopped responding during the final attempt',
             error_details = jsonb_build_object('error_type', 'lease_expired',
                                                'worker_id', locked_by, 'attempt', attempts),
             locked_by = null, locked_until = null
@@ -1457,9 +1481,8 @@ declare
     v_strength numeric;
     v_scale numeric;
 begin
-    -- Any whitespace, not only spaces (btrim's default), makes an empty prompt.
-    if p_prompt is null or p_prompt !~ '\S' then
-        perform imagegen.invalid('prompt', 'prompt is required');
+    if p_prompt is null or imagegen.is_blank(p_prompt) then
+        perform imagegen.invalid('prompt', 'prompt is required (it has no visible character)');
     end if;
     if length(p_prompt) > 4000 then
         perform imagegen.invalid('prompt', 'prompt must be at most 4000 characters');
@@ -1472,6 +1495,13 @@ begin
     end if;
     if p_model_id is null or length(btrim(p_model_id)) = 0 then
         perform imagegen.invalid('model_id', 'model_id is required');
+    end if;
+    -- Names and ids are short; the answer below quotes the value.
+    if length(p_model_id) > 200 then
+        perform imagegen.invalid('model_id', 'model_id must be at most 200 characters');
+    end if;
+    if length(p_model_version) > 200 then
+        perform imagegen.invalid('model_version', 'model_version must be at most 200 characters');
     end if;
 
     -- The row's id (the web app sends models.id) or its Replicate id; operators' rows may
@@ -2063,7 +2093,7 @@ begin
     end if;
     v_job_id := imagegen.active_job(g.id);
     -- Not ended and nothing working on it (the app's new row; an orphan): start it.
-    if g.status in ('pending', 'queued', 'processing', 'downloading') and v_job_id is null then
+    if imagegen.is_active(g.status) and v_job_id is null then
         p := generation_parameters(
             p_prompt, p_model_id, p_model_version, p_width, p_height, p_num_inference_steps,
             p_guidance_scale, p_seed, p_negative_prompt, p_source_image_url, p_strength, p_style
@@ -2448,6 +2478,8 @@ REVOKE ALL ON FUNCTION imagegen.active_generations(p_user_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.active_job(p_generation_id uuid) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.active_statuses() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.admit_generation(p_user_id uuid, p_count integer, p_counted boolean) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.announce_ended_batches() FROM PUBLIC;
@@ -2483,6 +2515,10 @@ REVOKE ALL ON FUNCTION imagegen.held_generation(p_job_id uuid, p_worker_id text)
 REVOKE ALL ON FUNCTION imagegen.integer_setting(p_key text, p_default integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.invalid(p_field text, p_message text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.is_active(p_status text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.is_blank(p_text text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.keep_batch_counts() FROM PUBLIC;
 

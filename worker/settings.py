@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPLICATE_API_HOST = "api.replicate.com"
 REPLICATE_DELIVERY_HOST = "replicate.delivery"  # where Replicate serves prediction outputs
+# What configure_worker_cron() requires of the secret pg_cron sends (sql/0001_baseline.sql);
+# tests/sql/test_cron_sql.py checks that the two agree.
+WORKER_SECRET_MIN_LENGTH = 16
 
 
 def _default_worker_id() -> str:
@@ -41,7 +44,7 @@ class Settings(BaseSettings):
     prediction_timeout_seconds: int = Field(default=600, ge=5)
 
     # The worker.
-    worker_secret: SecretStr | None = None
+    worker_secret: SecretStr | None = Field(default=None, min_length=WORKER_SECRET_MIN_LENGTH)
     worker_id: str = Field(default_factory=_default_worker_id)
     max_parallel_jobs: int = Field(default=3, ge=1, le=5000)
     poll_interval_seconds: float = Field(default=5.0, gt=0)

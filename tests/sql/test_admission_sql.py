@@ -73,7 +73,7 @@ def test_a_small_bound_always_counts(conn: psycopg.Connection[Any]) -> None:
 def active_of(conn: psycopg.Connection[Any], user: uuid.UUID) -> int:
     row = conn.execute(
         "select count(*) as n from image_generations where user_id = %s"
-        " and status in ('pending', 'queued', 'processing', 'downloading')",
+        " and imagegen.is_active(status)",
         (user,),
     ).fetchone()
     assert row is not None

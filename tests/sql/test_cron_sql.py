@@ -14,10 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from pydantic import ValidationError
 
 from devstack.postgres import free_port
 from tests.conftest import http_response
 from tests.support.cli import run_cli
+from worker.settings import WORKER_SECRET_MIN_LENGTH, Settings
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -252,6 +254,21 @@ def test_configure_refuses_a_bad_url_or_a_short_secret(
         "select count(*) as n from imagegen.settings where key like 'worker%%'"
     ).fetchone()
     assert settings == {"n": 0}
+
+
+def test_the_settings_and_the_database_agree_on_the_worker_secrets_length(conn: Conn) -> None:
+    """One minimum, checked where the secret is configured (Settings at the service's
+    start, configure_worker_cron in SQL): the same lengths pass and fail in both."""
+    short, enough = "s" * (WORKER_SECRET_MIN_LENGTH - 1), "s" * WORKER_SECRET_MIN_LENGTH
+    with pytest.raises(ValidationError):
+        Settings.model_validate({"worker_secret": short})
+    assert Settings.model_validate({"worker_secret": enough}).worker_secret is not None
+    call = "select configure_worker_cron('http://127.0.0.1:1', %s)"
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="at least"):
+        conn.execute(call, (short,))
+    # Past the length check: this database has no pg_cron, the next thing it says.
+    with pytest.raises(psycopg.errors.RaiseException, match="pg_cron"):
+        conn.execute(call, (enough,))
 
 
 def test_the_scheduled_command_reaches_the_worker(cron_conn: Conn, receiver: Receiver) -> None:

@@ -194,6 +194,10 @@ REFUSALS: list[tuple[str, dict[str, Any]]] = [
     ("prompt", {"prompt": ""}),
     ("prompt", {"prompt": "   \t"}),
     ("prompt", {"prompt": "x" * 4001}),
+    # Nothing visible (sql/0100): NBSP, zero-width space and joiner, BOM, controls.
+    ("prompt", {"prompt": "\u00a0\u200b\u2060\ufeff\x01\u3000"}),
+    ("model_id", {"model_id": "m" * 201}),
+    ("model_version", {"model_version": "v" * 201}),
     ("negative_prompt", {"negative_prompt": "x" * 4001}),
     ("style", {"style": "s" * 101}),
     ("model_id", {"model_id": None}),
@@ -559,7 +563,7 @@ def test_the_owner_cancels_a_generation_and_its_job(conn: Conn, user_id: uuid.UU
         ).fetchone()
     assert cancelled == {"ok": True}
     row = generation(conn, started["generation_id"])
-    assert (row["status"], row["error_message"]) == ("failed", "Cancelled by the user")
+    assert (row["status"], row["error_message"]) == ("failed", "Cancelled by user")
     queued = job(conn, started["job_id"])
     assert queued["status"] == "cancelled"
     assert queued["completed_at"] is not None

@@ -20,7 +20,6 @@ from tests.support.generations import start_generation
 
 # An exception class name (ReadTimeout, RemoteProtocolError) is not for users.
 _CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)+\b")
-ACTIVE = ("pending", "queued", "processing", "downloading")
 
 
 def assert_readable(message: str | None) -> None:
@@ -88,8 +87,8 @@ async def backoff_skipped(database_url: str, enabled: bool = True) -> AsyncItera
 def unfinished(conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> dict[str, Any]:
     """Generations not in a terminal status and jobs still queued or running."""
     generations = conn.execute(
-        "select count(*) from image_generations where id = any(%s) and status = any(%s)",
-        (ids, list(ACTIVE)),
+        "select count(*) from image_generations where id = any(%s) and imagegen.is_active(status)",
+        (ids,),
     ).fetchone()
     jobs = conn.execute(
         "select count(*) from job_queue where status in ('pending', 'processing')"

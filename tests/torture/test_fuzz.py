@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,9 +119,17 @@ EXACT_RATIO = {"ideogram", "imagen", "seedream-4", "flux-1.1-pro", "stable-diffu
 
 # Text PostgreSQL can store: no NUL, no lone surrogates.
 TEXT = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+
+
+def _visible(text: str) -> bool:
+    """Not blank by any measure: a character outside Unicode's C and Z categories
+    (imagegen.is_blank, sql/0100, refuses a subset of the rest)."""
+    return any(not char.isspace() and unicodedata.category(char)[0] not in "CZ" for char in text)
+
+
 PROMPTS = st.one_of(
-    st.text(TEXT, min_size=1, max_size=200),
-    st.text(TEXT, min_size=3990, max_size=4000),
+    st.text(TEXT, min_size=1, max_size=200).filter(_visible),
+    st.text(TEXT, min_size=3990, max_size=4000).filter(_visible),
     st.sampled_from(["a", " x ", "🦊" * 1000, "\u3000a\u3000", "<svg onload=alert(1)>", "'; --"]),
 ).filter(lambda text: any(not c.isspace() for c in text))
 GUIDANCE = st.one_of(
