@@ -409,13 +409,6 @@ def _check_folders(base: Path, key: str) -> None:
             raise _collision()
 
 
-def _write_json(store: Store, path: Path, data: dict[str, Any]) -> None:
-    fd, temp = tempfile.mkstemp(dir=store.root / "tmp")
-    with os.fdopen(fd, "w") as file:
-        json.dump(data, file)
-    os.replace(temp, path)
-
-
 def _create_json(store: Store, path: Path, data: dict[str, Any]) -> bool:
     """Write `path` whole unless it exists; False when it does."""
     fd, temp = tempfile.mkstemp(dir=store.root / "tmp")

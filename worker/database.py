@@ -26,9 +26,6 @@ class Job:
     job_type: str
     payload: dict[str, Any]
     attempts: int
-    max_attempts: int
-    priority: int
-    created_by: uuid.UUID | None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -37,14 +34,7 @@ class Job:
             job_type=row["job_type"],
             payload=dict(row["payload"] or {}),
             attempts=int(row["attempts"]),
-            max_attempts=int(row["max_attempts"]),
-            priority=int(row["priority"]),
-            created_by=row.get("created_by"),
         )
-
-    @property
-    def is_last_attempt(self) -> bool:
-        return self.attempts >= self.max_attempts
 
 
 @dataclass

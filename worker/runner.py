@@ -14,7 +14,7 @@ import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -65,14 +65,6 @@ class JobType:
     log_fields: tuple[str, ...] = ()
 
 
-@dataclass
-class RunnerStats:
-    claimed: int = 0
-    completed: int = 0
-    errors: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-
-
 class Runner:
     def __init__(
         self,
@@ -106,7 +98,6 @@ class Runner:
         self.liveness_interval = liveness_interval
         # None claims every type, so unknown ones get failed instead of waiting forever.
         self.job_types = job_types
-        self.stats = RunnerStats()
         self.running: dict[uuid.UUID, asyncio.Task[bool]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -196,7 +187,6 @@ class Runner:
         jobs = await self.db.claim_jobs(self.worker_id, free, self.job_types, self.lease_seconds)
         metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
         for job in jobs:
-            self.stats.claimed += 1
             task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
             self.running[job.id] = task
             task.add_done_callback(functools.partial(self._finished, job.id))
@@ -240,7 +230,6 @@ class Runner:
             await self._fail(kind, job, bound, message, is_retryable(exc), type(exc).__name__)
             return False
         else:
-            self.stats.completed += 1
             metrics.JOBS_FINISHED.labels(job.job_type, "completed").inc()
             bound.debug("job completed", seconds=round(time.perf_counter() - started, 3))
             return True
@@ -256,7 +245,6 @@ class Runner:
         retryable: bool,
         error_type: str,
     ) -> None:
-        self.stats.errors += 1
         # error_type becomes the attempt's error_kind in job_queue.attempt_history.
         details = {"worker_id": self.worker_id, "attempt": job.attempts, "error_type": error_type}
         try:
