@@ -21,8 +21,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Two worker processes, each with its own PostgreSQL cluster; a module's tests stay on one
+# (--dist loadfile: its module fixtures are made once). PYTEST_WORKERS=0 runs in one.
+PYTEST_WORKERS ?= 2
 pytest: system-deps venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The reliability tests at full size (bounded, loopback only), with a summary table.
 torture: system-deps venv

@@ -61,7 +61,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a new user's shell: none of our variables."""
     ours = ("IMAGEGEN_", "DATABASE_URL", "REPLICATE_API_TOKEN", "PORT", "HOST", "LOG_")
     env = {key: value for key, value in os.environ.items() if not key.startswith(ours)}
-    return env | extra
+    # A terminal's size is the user's shell's, not the test runner's (xdist sets COLUMNS).
+    return {key: value for key, value in env.items() if key not in ("COLUMNS", "LINES")} | extra
 
 
 @dataclass

@@ -152,7 +152,9 @@ def snapshot(conn: Conn) -> dict[str, Any]:
             " (select oid from pg_namespace where nspname in ('auth', 'net')) order by c.oid"
         ).fetchall(),
         "schemas": conn.execute(
-            "select oid, nspname, nspacl::text from pg_namespace order by oid"
+            # Not the sessions' temporary schemas: any backend makes one when it needs it.
+            "select oid, nspname, nspacl::text from pg_namespace"
+            " where nspname !~ '^pg_(toast_)?temp_' order by oid"
         ).fetchall(),
         "extensions": conn.execute(
             "select extname, extversion from pg_extension order by extname"
