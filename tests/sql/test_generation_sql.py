@@ -592,7 +592,7 @@ def test_the_owner_cancels_a_generation_and_its_job(conn: Conn, user_id: uuid.UU
         ).fetchone()
     assert cancelled == {"ok": True}
     row = generation(conn, started["generation_id"])
-    assert (row["status"], row["error_message"]) == ("failed", "Cancelled by the user")
+    assert (row["status"], row["error_message"]) == ("failed", "Cancelled by user")
     queued = job(conn, started["job_id"])
     assert queued["status"] == "cancelled"
     assert queued["completed_at"] is not None
