@@ -126,31 +126,26 @@ def test_the_view_sums_cost_and_time_per_user_model_and_day(conn: Conn) -> None:
         "select user_id, model, day = (now() at time zone 'UTC')::date as today, generations,"
         " succeeded, failed, predict_seconds, estimated_cost from generation_costs"
     ).fetchall()
-    assert sorted(rows, key=lambda row: row["generations"]) == sorted(
-        [
-            {
-                "user_id": alice,
-                "model": "flux-schnell",
-                "today": True,
-                "generations": 3,
-                "succeeded": 2,
-                "failed": 1,
-                "predict_seconds": Decimal("3.75"),
-                "estimated_cost": Decimal("0.006"),
-            },
-            {
-                "user_id": bob,
-                "model": "flux-schnell",
-                "today": True,
-                "generations": 2,
-                "succeeded": 1,
-                "failed": 0,
-                "predict_seconds": Decimal("1.25"),
-                "estimated_cost": Decimal("0.003"),
-            },
-        ],
-        key=lambda row: row["generations"],
-    )
+    assert {row.pop("user_id"): row for row in rows} == {
+        alice: {
+            "model": "flux-schnell",
+            "today": True,
+            "generations": 3,
+            "succeeded": 2,
+            "failed": 1,
+            "predict_seconds": Decimal("3.75"),
+            "estimated_cost": Decimal("0.006"),
+        },
+        bob: {
+            "model": "flux-schnell",
+            "today": True,
+            "generations": 2,
+            "succeeded": 1,
+            "failed": 0,
+            "predict_seconds": Decimal("1.25"),
+            "estimated_cost": Decimal("0.003"),
+        },
+    }
 
 
 @pytest.mark.parametrize("role", ["authenticated", "anon"])
