@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_app
@@ -26,11 +28,13 @@ from devstack.simulator import SimulatorConfig
 from devstack.tokens import mint_dev_token
 from tests.conftest import make_user, signed_in
 from tests.support.background_server import BackgroundServer
+from tests.support.postgrest_standin import create_postgrest_app
 from tests.support.stack import Stack, run_stack
-from worker.database import Job
+from worker.database import Database, Job
 from worker.jobs.context import JobContext, LeaseLost
 from worker.jobs.download_image import download_image
 from worker.models import first_output_url
+from worker.postgrest_gateway import PostgrestGateway
 from worker.service import open_worker
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -313,3 +317,30 @@ def test_a_completed_generation_keeps_the_providers_figures(
     ]
     assert row["predict_time"] == Decimal(str(figures["metrics"]["predict_time"]))
     assert row["estimated_cost"] == Decimal("0.003")
+
+
+async def test_the_cancel_and_the_figures_travel_over_postgrest_too(
+    conn: Conn, database_url: str, user_id: uuid.UUID
+) -> None:
+    """A deployment with only SUPABASE_URL and the service key: the same calls by RPC."""
+    key = "postgrest-test-service-key"
+    postgrest = create_postgrest_app(database_url, service_role_key=key, anon_key="anon")
+    with BackgroundServer(Starlette(routes=[Mount("/rest/v1", postgrest)])) as server:
+        gateway = PostgrestGateway(server.url, key, timeout=5)
+        try:
+            db = Database(gateway)
+            first, _ = await db.start_generation(user_id, prompt="a fox", model_id=FLUX)
+            [job] = await db.claim_jobs("w", 1, ["generate-image"], 60)
+            figures = {"status": "succeeded", "metrics": {"predict_time": 0.5}, "history": []}
+            assert await db.generation_downloading(
+                job.id, "w", output_url="https://x.test/o.webp", format="webp", width=8,
+                height=8, generation_time_seconds=1, provider_metrics=figures,
+            )  # fmt: skip
+            second, _ = await db.start_generation(user_id, prompt="a fox", model_id=FLUX)
+            assert await db.cancel_generation(second, uuid.uuid4()) == "unknown"
+            assert await db.cancel_generation(second, user_id) == "cancelled"
+            assert await db.cancel_generation(second, user_id) == "failed"
+        finally:
+            await gateway.close()
+    assert generation(conn, str(first))["predict_time"] == Decimal("0.5")
+    assert generation(conn, str(second))["error_message"] == "Cancelled by user"
