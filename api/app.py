@@ -631,7 +631,12 @@ def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
         examples = {"batch-generate": BATCH_EXAMPLE, "cancel-generation": CANCEL_EXAMPLE}
         example = examples.get(name, REQUEST_EXAMPLE)
         content = {"schema": schema, "example": example}
-        return {"requestBody": {"required": True, "content": {"application/json": content}}}
+        inputs: dict[str, Any] = {
+            "requestBody": {"required": True, "content": {"application/json": content}}
+        }
+        if name == "cancel-generation":
+            inputs["responses"] = CANCEL_REFUSALS
+        return inputs
     if name == "get-generation":
         uuid_schema = {"type": "string", "format": "uuid"}
         return {
@@ -648,6 +653,10 @@ BATCH_EXAMPLE = {
 
 
 CANCEL_EXAMPLE = {"generation_id": "00000000-0000-0000-0000-000000000000"}
+CANCEL_REFUSALS = {
+    "404": {"description": "No generation of the caller's has this id."},
+    "409": {"description": "The generation has already completed or failed."},
+}
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
