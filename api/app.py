@@ -21,7 +21,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -476,6 +476,40 @@ async def get_generation(request: Request) -> Response:
     return JSONResponse(generation)
 
 
+class CancelBody(BaseModel):
+    """cancel-generation's body: `generation_id`, as generate-image takes it (or
+    `generationId`, as the later backend's apps name it, docs/CLIENTS.md §3)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    generation_id: uuid.UUID = Field(validation_alias=AliasChoices("generation_id", "generationId"))
+
+
+async def cancel_generation(request: Request) -> Response:
+    """The owner cancels a generation: the same cancel as rpc('cancel_generation') and the
+    apps' UPDATE (sql/0120_cancel_generation.sql). 404 for another user's or an unknown
+    id, 409 when it has already ended."""
+    service = _service(request)
+    user = await service.user(request)
+    body = await parse_body(request, CancelBody)
+    try:
+        outcome = await service.worker.db.cancel_generation(body.generation_id, user.user_id)
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    if outcome == "unknown":
+        raise ClientError(404, "Generation not found")
+    if outcome != "cancelled":
+        raise ClientError(409, f"Generation has already {outcome}")
+    return JSONResponse(
+        {
+            "success": True,
+            "generation_id": str(body.generation_id),
+            "status": "failed",
+            "error_message": "Cancelled by user",
+        }
+    )
+
+
 async def list_models(request: Request) -> Response:
     """The models a user may choose from, with their limits (what `imagegen models` shows)."""
     service = _service(request)
@@ -567,12 +601,19 @@ def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
         "process-generation": GenerationBody,
         "generate-image": LegacyBody,
         "batch-generate": BatchBody,
+        "cancel-generation": CancelBody,
     }
     if name in bodies and method == "POST":
         schema = bodies[name].model_json_schema()
-        example = BATCH_EXAMPLE if name == "batch-generate" else REQUEST_EXAMPLE
+        examples = {"batch-generate": BATCH_EXAMPLE, "cancel-generation": CANCEL_EXAMPLE}
+        example = examples.get(name, REQUEST_EXAMPLE)
         content = {"schema": schema, "example": example}
-        return {"requestBody": {"required": True, "content": {"application/json": content}}}
+        inputs: dict[str, Any] = {
+            "requestBody": {"required": True, "content": {"application/json": content}}
+        }
+        if name == "cancel-generation":
+            inputs["responses"] = CANCEL_REFUSALS
+        return inputs
     if name == "get-generation":
         uuid_schema = {"type": "string", "format": "uuid"}
         return {
@@ -585,6 +626,13 @@ BATCH_EXAMPLE = {
     "prompts": [{"text": "a lighthouse at dusk"}, {"text": "a red fox in snow"}],
     "shared_settings": {"model_id": "black-forest-labs/flux-schnell", "width": 1344, "height": 768},
     "batch_name": "evening",
+}
+
+
+CANCEL_EXAMPLE = {"generation_id": "00000000-0000-0000-0000-000000000000"}
+CANCEL_REFUSALS = {
+    "404": {"description": "No generation of the caller's has this id."},
+    "409": {"description": "The generation has already completed or failed."},
 }
 
 
@@ -638,6 +686,7 @@ def create_app(
         ("batch-generate", batch_generate, ["POST"]),
         ("process-queue", process_queue, ["POST"]),
         ("get-generation", get_generation, ["GET"]),
+        ("cancel-generation", cancel_generation, ["POST"]),
         ("list-models", list_models, ["GET"]),
     ]
     for name, endpoint, methods in routes:

@@ -185,6 +185,39 @@ CREATE FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_fa
         else 'partial' end
 $$;
 
+CREATE FUNCTION imagegen.cancel_generation(p_generation_id uuid, p_user_id uuid) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    g image_generations;
+begin
+    select * into g
+    from image_generations
+    where id = p_generation_id and user_id = p_user_id
+    for update;
+    if not found then
+        return 'unknown';
+    end if;
+    if not imagegen.is_active(g.status) then
+        return g.status;
+    end if;
+
+    update image_generations
+    set status = 'failed', error_message = 'Cancelled by user', completed_at = now(),
+        updated_at = now()
+    where id = g.id;
+    -- The trigger cancels the prediction of a job it stopped; the owner's cancel also
+    -- stops one with no active job (the API's call carries no auth.uid() for the trigger
+    -- to recognise the owner by). The dedupe key makes the second enqueue a no-op.
+    if g.replicate_prediction_id is not null
+       and g.status in ('pending', 'queued', 'processing') then
+        perform imagegen.cancel_prediction_later(g.replicate_prediction_id, g.id, g.user_id);
+    end if;
+    return 'cancelled';
+end
+$$;
+
 CREATE FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) RETURNS uuid
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -573,6 +606,21 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.price_completed_generation() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    new.estimated_cost := (
+        select cost_per_generation
+        from models
+        where id = new.model_id or (new.model_id is null and name = new.model)
+        order by id = new.model_id desc nulls last
+        limit 1);
+    return new;
+end
+$$;
+
 CREATE FUNCTION imagegen.publish_events(p_messages jsonb[]) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -828,6 +876,9 @@ CREATE TABLE public.image_generations (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     completed_at timestamp with time zone,
     prediction_requested_at timestamp with time zone,
+    provider_metrics jsonb,
+    predict_time numeric,
+    estimated_cost numeric,
     CONSTRAINT image_generations_generation_strength_check CHECK (((generation_strength >= (0)::numeric) AND (generation_strength <= (1)::numeric))),
     CONSTRAINT image_generations_generation_time_seconds_check CHECK ((generation_time_seconds >= (0)::numeric)),
     CONSTRAINT image_generations_guidance_scale_check CHECK ((guidance_scale >= (0)::numeric)),
@@ -969,18 +1020,10 @@ CREATE FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) RETURNS
 $$;
 
 CREATE FUNCTION public.cancel_generation(p_generation_id uuid) RETURNS boolean
-    LANGUAGE plpgsql SECURITY DEFINER
+    LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-begin
-    update image_generations
-    set status = 'failed', error_message = 'Cancelled by user', completed_at = now(),
-        updated_at = now()
-    where id = p_generation_id
-      and user_id = auth.uid()
-      and imagegen.is_active(status);
-    return found;
-end
+    select imagegen.cancel_generation(p_generation_id, auth.uid()) = 'cancelled'
 $$;
 
 CREATE FUNCTION public.cancel_job(p_job_id uuid, p_reason text DEFAULT 'Cancelled'::text) RETURNS boolean
@@ -995,6 +1038,13 @@ CREATE FUNCTION public.cancel_job(p_job_id uuid, p_reason text DEFAULT 'Cancelle
         returning id
     )
     select exists (select from cancelled)
+$$;
+
+CREATE FUNCTION public.cancel_owned_generation(p_generation_id uuid, p_user_id uuid) RETURNS text
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select imagegen.cancel_generation(p_generation_id, p_user_id)
 $$;
 
 CREATE FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer DEFAULT 1) RETURNS jsonb
@@ -1431,7 +1481,7 @@ CREATE FUNCTION public.function_result_columns() RETURNS TABLE(function_name tex
       and p.proallargtypes is null
 $$;
 
-CREATE FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) RETURNS uuid
+CREATE FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric, p_provider_metrics jsonb DEFAULT NULL::jsonb) RETURNS uuid
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -1439,8 +1489,12 @@ declare
     v_job job_queue;
     v_result jsonb;
     v_download_id uuid;
+    v_predict_time jsonb := p_provider_metrics -> 'metrics' -> 'predict_time';
 begin
     select * into v_job from job_queue where id = p_job_id;
+    perform from image_generations
+    where id = (v_job.payload ->> 'generation_id')::uuid
+    for update;
     v_result := jsonb_build_object('output_url', p_output_url, 'format', p_format,
                                    'width', p_width, 'height', p_height,
                                    'generation_time_seconds', p_generation_time_seconds);
@@ -1461,6 +1515,10 @@ begin
 
     update image_generations
     set status = 'downloading', generation_time_seconds = p_generation_time_seconds,
+        provider_metrics = coalesce(p_provider_metrics, provider_metrics),
+        predict_time = case when jsonb_typeof(v_predict_time) = 'number'
+                            then (v_predict_time #>> '{}')::numeric
+                            when p_provider_metrics is null then predict_time end,
         updated_at = now()
     where id = (v_job.payload ->> 'generation_id')::uuid
       and status not in ('completed', 'failed');
@@ -2210,6 +2268,18 @@ CREATE VIEW public.failed_jobs_recent WITH (security_invoker='true') AS
   WHERE ((job_queue.status = 'failed'::text) AND (job_queue.updated_at > (now() - '24:00:00'::interval)))
   ORDER BY job_queue.updated_at DESC;
 
+CREATE VIEW public.generation_costs WITH (security_invoker='true') AS
+ SELECT image_generations.user_id,
+    image_generations.model,
+    ((image_generations.created_at AT TIME ZONE 'UTC'::text))::date AS day,
+    count(*) AS generations,
+    count(*) FILTER (WHERE (image_generations.status = 'completed'::text)) AS succeeded,
+    count(*) FILTER (WHERE (image_generations.status = 'failed'::text)) AS failed,
+    COALESCE(sum(image_generations.predict_time), (0)::numeric) AS predict_seconds,
+    COALESCE(sum(image_generations.estimated_cost), (0)::numeric) AS estimated_cost
+   FROM public.image_generations
+  GROUP BY image_generations.user_id, image_generations.model, (((image_generations.created_at AT TIME ZONE 'UTC'::text))::date);
+
 CREATE VIEW public.queue_health WITH (security_invoker='true') AS
  SELECT job_queue.job_type,
     job_queue.status,
@@ -2380,6 +2450,8 @@ CREATE TRIGGER client_changes_image BEFORE UPDATE ON public.images FOR EACH ROW 
 
 CREATE TRIGGER client_inserts_generation BEFORE INSERT ON public.image_generations FOR EACH ROW WHEN ((CURRENT_USER = 'authenticated'::name)) EXECUTE FUNCTION imagegen.check_client_generation();
 
+CREATE TRIGGER completed_generation_is_priced BEFORE UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'completed'::text) AND (old.status IS DISTINCT FROM 'completed'::text))) EXECUTE FUNCTION imagegen.price_completed_generation();
+
 CREATE TRIGGER ended_generation_stays_ended BEFORE UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((old.status = ANY (ARRAY['completed'::text, 'failed'::text])) AND (new.status IS DISTINCT FROM old.status) AND (NOT ((old.status = 'failed'::text) AND (new.status = 'pending'::text))))) EXECUTE FUNCTION imagegen.refuse_reopening_generation();
 
 CREATE TRIGGER failed_generation_stops_its_work AFTER UPDATE OF status ON public.image_generations FOR EACH ROW WHEN (((new.status = 'failed'::text) AND (old.status = ANY (ARRAY['pending'::text, 'queued'::text, 'processing'::text, 'downloading'::text])))) EXECUTE FUNCTION imagegen.stop_failed_generation();
@@ -2490,6 +2562,8 @@ REVOKE ALL ON FUNCTION imagegen.assign_turn() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.batch_status(p_total integer, p_completed integer, p_failed integer) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.cancel_generation(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.cancel_prediction_later(p_prediction_id text, p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.check_client_generation() FROM PUBLIC;
@@ -2521,6 +2595,8 @@ REVOKE ALL ON FUNCTION imagegen.is_active(p_status text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION imagegen.is_blank(p_text text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.keep_batch_counts() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.price_completed_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.publish_events(p_messages jsonb[]) FROM PUBLIC;
 
@@ -2592,6 +2668,9 @@ GRANT ALL ON FUNCTION public.cancel_generation(p_generation_id uuid) TO authenti
 REVOKE ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_reason text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.cancel_owned_generation(p_generation_id uuid, p_user_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.cancel_owned_generation(p_generation_id uuid, p_user_id uuid) TO service_role;
+
 REVOKE ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) TO authenticated;
 GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) TO service_role;
@@ -2648,8 +2727,8 @@ GRANT ALL ON FUNCTION public.finish_generation(p_generation_id uuid, p_storage_p
 REVOKE ALL ON FUNCTION public.function_result_columns() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.function_result_columns() TO service_role;
 
-REVOKE ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric) TO service_role;
+REVOKE ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric, p_provider_metrics jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.generation_downloading(p_job_id uuid, p_worker_id text, p_output_url text, p_format text, p_width integer, p_height integer, p_generation_time_seconds numeric, p_provider_metrics jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.generation_parameters(p_prompt text, p_model_id text, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) TO service_role;
@@ -2736,6 +2815,8 @@ GRANT SELECT ON TABLE public.batch_progress TO service_role;
 
 GRANT SELECT ON TABLE public.failed_jobs_recent TO authenticated;
 GRANT SELECT ON TABLE public.failed_jobs_recent TO service_role;
+
+GRANT SELECT ON TABLE public.generation_costs TO service_role;
 
 GRANT SELECT ON TABLE public.queue_health TO authenticated;
 GRANT SELECT ON TABLE public.queue_health TO service_role;

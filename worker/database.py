@@ -307,7 +307,9 @@ class Database:
         width: int,
         height: int,
         generation_time_seconds: float,
+        provider_metrics: dict[str, Any] | None = None,
     ) -> uuid.UUID | None:
+        """`provider_metrics`: what Replicate reported (sql/0121_generation_costs.sql)."""
         download_job: uuid.UUID | None = await self._scalar(
             "generation_downloading",
             p_job_id=job_id,
@@ -317,6 +319,7 @@ class Database:
             p_width=width,
             p_height=height,
             p_generation_time_seconds=Decimal(f"{generation_time_seconds:.3f}"),
+            p_provider_metrics=provider_metrics,
         )
         return download_job
 
@@ -370,6 +373,15 @@ class Database:
         return None if status is None else str(status)
 
     # For the HTTP service.
+
+    async def cancel_generation(self, generation_id: uuid.UUID, user_id: uuid.UUID) -> str:
+        """The owner's cancel (sql/0120_cancel_generation.sql): 'cancelled', 'unknown',
+        or the status it had already ended with ('completed', 'failed')."""
+        return str(
+            await self._scalar(
+                "cancel_owned_generation", p_generation_id=generation_id, p_user_id=user_id
+            )
+        )
 
     async def nudge_workers(self) -> None:
         await self.gateway.call("nudge_workers", {})

@@ -7,8 +7,8 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -81,6 +81,8 @@ class PredictionResult:
     width: int
     height: int
     seconds: float
+    # What Replicate reported, as the generation keeps it (provider_figures).
+    provider_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,27 @@ async def run_prediction(
         width=width,
         height=height,
         seconds=round(time.monotonic() - started, 3),
+        provider_metrics=provider_figures(prediction),
     )
+
+
+def provider_figures(prediction: Prediction) -> dict[str, Any]:
+    """The prediction's own figures (sql/0121_generation_costs.sql): its `metrics` as
+    Replicate gave them (predict_time is the GPU time it bills) and its status history
+    from its own timestamps."""
+    raw = prediction.raw
+    moments = [
+        ("starting", raw.get("created_at")),
+        ("processing", raw.get("started_at")),
+        (prediction.status, raw.get("completed_at")),
+    ]
+    metrics = prediction.metrics if isinstance(prediction.metrics, dict) else {}
+    return {
+        "prediction_id": prediction.id,
+        "status": prediction.status,
+        "metrics": metrics,
+        "history": [{"status": status, "at": at} for status, at in moments if at],
+    }
 
 
 async def _create(
@@ -261,10 +283,13 @@ async def store_output(
     replicate: ReplicateClient,
     storage: SupabaseStorage,
     settings: Settings,
+    *,
+    before_upload: Callable[[], Awaitable[None]] | None = None,
 ) -> StoredImage:
     """Stream the output to a temporary file, check it is the image it claims to be,
     take its preview hash from those bytes, and upload it with its content type (upsert:
-    a retry overwrites, never duplicates)."""
+    a retry overwrites, never duplicates). `before_upload` may raise to store nothing
+    (the job was cancelled while the output downloaded)."""
     with tempfile.TemporaryFile() as spool:
         download = await replicate.download_output(
             output_url,
@@ -286,6 +311,8 @@ async def store_output(
         # Decoding is CPU work: off the event loop, so the worker's other jobs go on.
         preview = await asyncio.to_thread(preview_hash, spool, info)
         path = _with_extension(storage_path, info.format)
+        if before_upload is not None:
+            await before_upload()
         spool.seek(0)
         await storage.upload(path, spool, CONTENT_TYPES[info.format])
     return StoredImage(path, storage.public_url(path), size, info, preview)

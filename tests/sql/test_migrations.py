@@ -73,7 +73,7 @@ def test_an_edited_applied_migration_is_refused(
     before = recorded(empty_database_url)
     edited = migrations_copy / "0001_baseline.sql"
     edited.write_text(edited.read_text() + "\n-- a quiet change\n")
-    (migrations_copy / "0099_later.sql").write_text("create table public.later (id int);\n")
+    (migrations_copy / "9999_later.sql").write_text("create table public.later (id int);\n")
 
     with pytest.raises(MigrationError, match=r"0001_baseline\.sql was edited"):
         migrate(empty_database_url, migrations_copy)

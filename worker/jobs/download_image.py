@@ -23,8 +23,20 @@ async def download_image(job: Job, ctx: JobContext) -> None:
     except (KeyError, ValueError) as exc:
         raise PermanentJobError(f"Malformed download job payload: {exc}") from exc
 
+    async def still_held() -> None:
+        # A cancel cancels the job: then nothing is uploaded (the heartbeat would notice
+        # only at its next beat).
+        held = await ctx.db.heartbeat_jobs(ctx.worker_id, [job.id], ctx.settings.lease_seconds)
+        if job.id not in held:
+            raise LeaseLost()
+
     stored = await store_output(
-        output_url, f"{user_id}/{generation_id}.{fmt}", ctx.replicate, ctx.storage, ctx.settings
+        output_url,
+        f"{user_id}/{generation_id}.{fmt}",
+        ctx.replicate,
+        ctx.storage,
+        ctx.settings,
+        before_upload=still_held,
     )
     image = await ctx.db.finish_generation(
         generation_id,

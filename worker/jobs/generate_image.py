@@ -55,6 +55,7 @@ async def generate_image(job: Job, ctx: JobContext) -> None:
         width=result.width,
         height=result.height,
         generation_time_seconds=result.seconds,
+        provider_metrics=result.provider_metrics,
     )
     if download_job is None:
         raise LeaseLost()
