@@ -213,8 +213,10 @@ select l.provider,
         where t.provider = l.provider) as last_turn_at
 from imagegen.provider_limits l;
 
+-- security_invoker (as every view here): the service role reads the tables under it.
 revoke all on public.provider_limit_status from public, anon, authenticated;
 grant select on public.provider_limit_status to service_role;
+grant select on imagegen.provider_limits, imagegen.provider_turns to service_role;
 
 revoke all on function imagegen.turn_grace() from public, anon, authenticated;
 revoke all on function public.take_provider_token(text, uuid),

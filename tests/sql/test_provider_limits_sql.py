@@ -144,3 +144,8 @@ def test_the_limit_functions_and_view_are_for_the_service_only(conn: Conn) -> No
         " from unnest(array['anon', 'authenticated', 'service_role']) r"
     ).fetchall()
     assert [row["can"] for row in rows] == [False, False, True]
+    with conn.transaction(force_rollback=True):
+        conn.execute("set local role service_role")
+        assert conn.execute("select count(*) as n from provider_limit_status").fetchone() == {
+            "n": 1
+        }
