@@ -2293,6 +2293,23 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with withdrawn as (
+        update image_generations g
+        set prediction_requested_at = null, updated_at = now()
+        from job_queue j
+        where j.id = p_job_id and j.status = 'processing' and j.locked_by = p_worker_id
+          and g.id = (j.payload ->> 'generation_id')::uuid
+          and g.prediction_requested_at = p_requested_at
+          and g.prediction_requested_at >= j.started_at
+        returning g.id
+    )
+    select exists (select from withdrawn)
+$$;
+
 CREATE TABLE auth.users (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     email text,
@@ -2978,6 +2995,9 @@ GRANT ALL ON FUNCTION public.start_once(p_user_id uuid, p_key text, p_endpoint t
 
 REVOKE ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) TO service_role;
 
 GRANT SELECT ON TABLE imagegen.provider_limits TO service_role;
 

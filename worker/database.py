@@ -319,6 +319,20 @@ class Database:
         )
         return requested_at
 
+    async def withdraw_prediction_request(
+        self, job_id: uuid.UUID, worker_id: str, requested_at: datetime
+    ) -> bool:
+        """Take back this attempt's own intent after a 429 (sql/0112); False when the note
+        is an earlier attempt's (kept) or the job is no longer ours."""
+        return bool(
+            await self._scalar(
+                "withdraw_prediction_request",
+                p_job_id=job_id,
+                p_worker_id=worker_id,
+                p_requested_at=requested_at,
+            )
+        )
+
     async def record_prediction(
         self, job_id: uuid.UUID, worker_id: str, prediction_id: str
     ) -> bool:

@@ -67,6 +67,11 @@ class PredictionLedger(Protocol):
         another generation holds that prediction."""
         ...
 
+    async def withdraw(self, requested_at: datetime) -> None:
+        """The create after the note `requested_at` was refused (429): nothing was created,
+        so the note may go, if no earlier attempt's create is behind it."""
+        ...
+
 
 class PredictionNotSaved(JobError):
     """The new prediction's id could not be saved; a retry finds it, or another, to adopt."""
@@ -171,6 +176,8 @@ async def _create(
         except ReplicateRateLimited as exc:
             if limit is None:
                 raise
+            if ledger is not None and intent is not None and attempt == 1:
+                await ledger.withdraw(intent)  # later tries follow an ambiguous one
             raise await limit.rate_limited(exc.retry_after) from exc
         except ReplicateTransientError as exc:
             if ledger is None or intent is None or attempt == CREATE_TRIES:

@@ -32,6 +32,9 @@ class _GenerationLedger:
     async def save(self, prediction_id: str) -> bool:
         return await self.ctx.db.record_prediction(self.job.id, self.ctx.worker_id, prediction_id)
 
+    async def withdraw(self, requested_at: datetime) -> None:
+        await self.ctx.db.withdraw_prediction_request(self.job.id, self.ctx.worker_id, requested_at)
+
 
 async def generate_image(job: Job, ctx: JobContext) -> None:
     """Run (or resume, or adopt) the prediction, then hand over to a download job
