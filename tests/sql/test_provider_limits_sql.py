@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.conftest import make_user
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
@@ -149,3 +151,26 @@ def test_the_limit_functions_and_view_are_for_the_service_only(conn: Conn) -> No
         assert conn.execute("select count(*) as n from provider_limit_status").fetchone() == {
             "n": 1
         }
+
+
+def test_a_429_withdraws_only_the_attempts_own_intent(conn: Conn) -> None:
+    """sql/0112: the note made since the claim goes; an earlier attempt's is kept."""
+    user = make_user(conn)
+    conn.execute(
+        "select * from start_generation(%s, 'a fox', 'black-forest-labs/flux-schnell')", (user,)
+    )
+    job = conn.execute("select * from claim_jobs('w1', 1, null, 60)").fetchone()
+    assert job is not None
+    noted = conn.execute("select request_prediction(%s, 'w1') as at", (job["id"],)).fetchone()
+    assert noted is not None
+    withdraw = "select withdraw_prediction_request(%s, %s, %s) as done"
+    assert conn.execute(withdraw, (job["id"], "w2", noted["at"])).fetchone() == {"done": False}
+    assert conn.execute(withdraw, (job["id"], "w1", noted["at"])).fetchone() == {"done": True}
+    earlier = conn.execute(
+        "update image_generations set prediction_requested_at = now() - interval '1 hour'"
+        " returning prediction_requested_at as at"
+    ).fetchone()
+    assert earlier is not None
+    assert conn.execute(withdraw, (job["id"], "w1", earlier["at"])).fetchone() == {"done": False}
+    kept = conn.execute("select prediction_requested_at as at from image_generations").fetchone()
+    assert kept == {"at": earlier["at"]}
