@@ -41,7 +41,9 @@ log = structlog.get_logger(__name__)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "authorization, x-client-info, apikey, content-type",
+    "Access-Control-Allow-Headers": (
+        "authorization, x-client-info, apikey, content-type, idempotency-key"
+    ),
 }
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; our bodies need 2
@@ -71,6 +73,11 @@ class ClientError(UserFacingError):
 # Admission control's refusals (sql/0001_baseline.sql, section 7): SQLSTATE -> (status,
 # Retry-After).
 REFUSALS = {"PT429": (429, "10"), "PT503": (503, "30")}
+# Refused for good, no retry helps: an Idempotency-Key reused for another request
+# (sql/0110_idempotent_requests.sql).
+REJECTIONS = {"PT422": 422}
+IDEMPOTENCY_KEY = "idempotency-key"
+REPLAYED = {"Idempotent-Replayed": "true"}  # on an answer given again for a repeated key
 OUTAGE_RETRY_AFTER = "5"  # the database unreachable: the pool reconnects within seconds
 
 
@@ -227,6 +234,8 @@ def _service(request: Request) -> Service:
 def _database_failure(exc: DatabaseError | GatewayUnavailable) -> ClientError:
     if isinstance(exc, DatabaseError) and exc.is_invalid_input:
         return ClientError(400, exc.message)
+    if isinstance(exc, DatabaseError) and exc.sqlstate in REJECTIONS:
+        return ClientError(REJECTIONS[exc.sqlstate], exc.message)
     if isinstance(exc, DatabaseError) and exc.sqlstate in REFUSALS:
         status, retry_after = REFUSALS[exc.sqlstate]
         return ClientError(status, exc.message, {"Retry-After": _retry_after(exc, retry_after)})
@@ -265,10 +274,15 @@ async def start_generation(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     body = await parse_body(request, GenerationBody)
+    db, key = service.worker.db, request.headers.get(IDEMPOTENCY_KEY)
+    replayed = False
     try:
-        generation_id, job_id = await service.worker.db.start_generation(
-            user.user_id, **body.fields()
-        )
+        if key is None:
+            generation_id, job_id = await db.start_generation(user.user_id, **body.fields())
+        else:
+            fields = {name: value for name, value in body.fields().items() if value is not None}
+            started, replayed = await db.start_once(user.user_id, key, "start-generation", fields)
+            generation_id, job_id = started["generation_id"], started["job_id"]
     except (DatabaseError, GatewayUnavailable) as exc:
         raise _database_failure(exc) from exc
     return JSONResponse(
@@ -278,7 +292,8 @@ async def start_generation(request: Request) -> Response:
             "job_id": str(job_id),
             "status": "queued",
             "message": "Image generation started. You will be notified when complete.",
-        }
+        },
+        headers=REPLAYED if replayed else None,
     )
 
 
@@ -433,14 +448,19 @@ async def batch_generate(request: Request) -> Response:
     service = _service(request)
     user = await service.user(request)
     body = await parse_body(request, BatchBody)
+    db, key = service.worker.db, request.headers.get(IDEMPOTENCY_KEY)
+    batch_request = body.model_dump(exclude_none=True, exclude={"prompts": {"__all__": {"tags"}}})
+    replayed = False
     try:
-        batch = await service.worker.db.start_batch(
-            user.user_id,
-            body.model_dump(exclude_none=True, exclude={"prompts": {"__all__": {"tags"}}}),
-        )
+        if key is None:
+            batch = await db.start_batch(user.user_id, batch_request)
+        else:
+            batch, replayed = await db.start_once(
+                user.user_id, key, "batch-generate", batch_request
+            )
     except (DatabaseError, GatewayUnavailable) as exc:
         raise _database_failure(exc) from exc
-    return JSONResponse({"batch": _json(batch)})
+    return JSONResponse({"batch": _json(batch)}, headers=REPLAYED if replayed else None)
 
 
 async def process_queue(request: Request) -> Response:
@@ -594,6 +614,18 @@ REQUEST_EXAMPLE = {
 }
 
 
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": (
+        "The same key from the same user within 24 h answers the first answer again and "
+        "starts nothing; with a different body it is a 422."
+    ),
+}
+
+
 def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
     """What the handlers parse themselves (the body, get-generation's id), for /openapi.json."""
     bodies: dict[str, type[BaseModel]] = {
@@ -613,6 +645,8 @@ def _openapi_inputs(name: str, method: str) -> dict[str, Any] | None:
         }
         if name == "cancel-generation":
             inputs["responses"] = CANCEL_REFUSALS
+        if name in ("start-generation", "batch-generate"):
+            inputs["parameters"] = [IDEMPOTENCY_PARAMETER]
         return inputs
     if name == "get-generation":
         uuid_schema = {"type": "string", "format": "uuid"}

@@ -122,8 +122,11 @@ def workspace() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def stand_ins(latency_seconds: float, work_dir: Path) -> Iterator[StandIns]:
-    """The Replicate simulator (`latency_seconds` per prediction) and Storage, in a process."""
+def stand_ins(
+    latency_seconds: float, work_dir: Path, create_limit: float = 0.0
+) -> Iterator[StandIns]:
+    """The Replicate simulator (`latency_seconds` per prediction; `create_limit` creates a
+    second, 0: no limit) and Storage, in a process."""
     port, key = free_port(), secrets.token_urlsafe(24)
     args = [
         sys.executable,
@@ -135,6 +138,8 @@ def stand_ins(latency_seconds: float, work_dir: Path) -> Iterator[StandIns]:
         str(latency_seconds),
         "--storage-root",
         str(work_dir / "storage"),
+        "--create-limit",
+        str(create_limit),
     ]
     env = {**os.environ, KEY_VARIABLE: key}
     process = Process(f"stand-ins-{port}", args, env, work_dir)

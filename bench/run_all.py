@@ -26,6 +26,7 @@ BENCHMARKS = (
     "crash_recovery",
     "flood",
     "cancellation",
+    "provider_limit",
 )
 
 

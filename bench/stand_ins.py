@@ -28,10 +28,17 @@ from devstack.storage import create_storage_app
 KEY_VARIABLE = "STAND_INS_SERVICE_KEY"
 
 
-def create_stand_ins_app(latency_seconds: float, storage_root: Path, key: str) -> Starlette:
+def create_stand_ins_app(
+    latency_seconds: float, storage_root: Path, key: str, create_limit: float = 0.0
+) -> Starlette:
     # The simulator serves `output_body` as it is; bytes are what a Response takes.
     image: Any = render_image(1024, 1024, "webp", "imagegen benchmark", 0)
-    config = SimulatorConfig(latency_seconds, output_body=image, output_content_type="image/webp")
+    config = SimulatorConfig(
+        latency_seconds,
+        output_body=image,
+        output_content_type="image/webp",
+        create_limit_per_second=create_limit,
+    )
     return Starlette(
         routes=[
             Mount("/replicate", create_simulator_app(config)),
@@ -46,8 +53,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency", type=float, required=True, help="seconds per prediction")
     parser.add_argument("--storage-root", type=Path, required=True)
+    parser.add_argument(
+        "--create-limit", type=float, default=0.0, help="creates a second (429 above; 0: none)"
+    )
     args = parser.parse_args()
-    app = create_stand_ins_app(args.latency, args.storage_root, os.environ[KEY_VARIABLE])
+    app = create_stand_ins_app(
+        args.latency, args.storage_root, os.environ[KEY_VARIABLE], args.create_limit
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

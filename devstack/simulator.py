@@ -14,7 +14,8 @@ API: `POST /v1/predictions` ({"version" | "model", "input"}),
 `POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions` (newest first, by
 cursor), `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel`, outputs at
 `GET /files/{id}.{ext}` (no token needed, like replicate.delivery). Honours
-`Prefer: wait=N` and `Cancel-After`. Controls: `GET /_simulator/stats`,
+`Prefer: wait=N` and `Cancel-After`; with `create_limit_per_second`, a create above the
+account's limit is a 429 with `Retry-After`, as Replicate's. Controls: `GET /_simulator/stats`,
 `POST /_simulator/reset`, `GET|POST /_simulator/config`.
 Started with `api_token`, the API takes only that bearer token; with `control_secret`,
 the controls take only that one (the dev stack sets both: a web page the developer
@@ -31,6 +32,7 @@ import dataclasses
 import hashlib
 import hmac
 import io
+import math
 import random
 import re
 import time
@@ -92,6 +94,10 @@ class SimulatorConfig:
     output_override: Any = None  # when set, what a succeeded prediction gives as output
     output_body: str | None = None  # served at the output URL instead of the image
     output_content_type: str | None = None  # the output's Content-Type instead of its own
+    # The account's create limit (a token bucket; 0: none): a create above it is answered
+    # 429 with Retry-After, whole seconds until a token is back (Replicate: 600 a minute).
+    create_limit_per_second: float = 0.0
+    create_limit_burst: float | None = None  # tokens held at most; None: one second's worth
 
 
 # What each family requires and allows, as Replicate's model schemas would say.
@@ -284,6 +290,24 @@ class _Simulator:
         self.rng = random.Random(self.config.seed)
         self.predictions: dict[str, _Prediction] = {}
         self.counters: Counter[str] = Counter()
+        self._create_tokens: float | None = None  # full at the first create
+        self._create_refilled = time.monotonic()
+
+    def create_refused_for(self) -> float | None:
+        """Under the create limit: None (a token is taken), else the seconds until one."""
+        rate = self.config.create_limit_per_second
+        if rate <= 0:
+            return None
+        burst = self.config.create_limit_burst or rate
+        now = time.monotonic()
+        tokens = burst if self._create_tokens is None else self._create_tokens
+        tokens = min(burst, tokens + (now - self._create_refilled) * rate)
+        self._create_refilled = now
+        if tokens >= 1:
+            self._create_tokens = tokens - 1
+            return None
+        self._create_tokens = tokens
+        return (1 - tokens) / rate
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -368,6 +392,8 @@ _COUNTERS = (
     "cancel_requests",
     "canceled_by_request",  # cancel requests that stopped a running prediction
     "list_requests",
+    "create_requests",
+    "create_rate_limited",  # creates answered 429 by create_limit_per_second
     "downloads",
     "expired_downloads",
 )
@@ -430,6 +456,13 @@ def create_simulator_app(
         return endpoint
 
     async def create(request: Request, model: str | None) -> Response:
+        sim.counters["create_requests"] += 1
+        refused_for = sim.create_refused_for()
+        if refused_for is not None:
+            sim.counters["create_rate_limited"] += 1
+            response = _error(429, "Too Many Requests", "Request was throttled (create limit)")
+            response.headers["Retry-After"] = str(max(1, math.ceil(refused_for)))
+            return response
         try:
             body = await request.json()
         except ValueError:

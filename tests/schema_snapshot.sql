@@ -564,6 +564,10 @@ CREATE FUNCTION imagegen.held_generation(p_job_id uuid, p_worker_id text) RETURN
       and (p_worker_id is null or locked_by = p_worker_id)
 $$;
 
+CREATE FUNCTION imagegen.idempotency_window() RETURNS interval
+    LANGUAGE sql IMMUTABLE
+    AS $$ select interval '24 hours' $$;
+
 CREATE FUNCTION imagegen.integer_setting(p_key text, p_default integer) RETURNS integer
     LANGUAGE sql STABLE
     SET search_path TO 'imagegen', 'pg_temp'
@@ -948,6 +952,10 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.turn_grace() RETURNS interval
+    LANGUAGE sql IMMUTABLE
+    AS $$ select interval '10 minutes' $$;
+
 CREATE FUNCTION imagegen.worker_lock_key(p_worker_id text) RETURNS bigint
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1273,6 +1281,27 @@ begin
         'daily_generation_limit', imagegen.integer_setting('daily_generation_limit', 1000),
         'hourly_generation_limit', imagegen.integer_setting('hourly_generation_limit', 200),
         'max_batch_size', imagegen.integer_setting('max_batch_size', 10));
+end
+$$;
+
+CREATE FUNCTION public.configure_provider_limit(p_provider text, p_creates_per_minute integer DEFAULT NULL::integer, p_burst numeric DEFAULT NULL::numeric) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    if p_creates_per_minute < 0 then
+        perform imagegen.invalid('creates_per_minute', 'must be 0 (no limit) or more');
+    end if;
+    if p_burst < 1 then
+        perform imagegen.invalid('burst', 'must be at least 1');
+    end if;
+    insert into imagegen.provider_limits (provider, creates_per_minute, burst, tokens)
+    values (p_provider, coalesce(p_creates_per_minute, 600), coalesce(p_burst, 5),
+            coalesce(p_burst, 5))
+    on conflict (provider) do update
+    set creates_per_minute = coalesce(p_creates_per_minute, provider_limits.creates_per_minute),
+        burst = coalesce(p_burst, provider_limits.burst),
+        tokens = least(provider_limits.tokens, coalesce(p_burst, provider_limits.burst));
 end
 $$;
 
@@ -1797,6 +1826,44 @@ CREATE FUNCTION public.nudge_workers() RETURNS void
     select pg_notify('job_queue', 'nudge')
 $$;
 
+CREATE FUNCTION public.pause_provider(p_provider text, p_seconds double precision) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    l imagegen.provider_limits;
+    v_now timestamptz;
+    v_until timestamptz;
+    v_from timestamptz;
+    v_tokens numeric;
+begin
+    if p_seconds is null or p_seconds < 0 or p_seconds > 3600 then
+        perform imagegen.invalid('seconds', 'a pause is 0 to 3600 seconds');
+    end if;
+    select * into l from imagegen.provider_limits where provider = p_provider for update;
+    if not found then
+        insert into imagegen.provider_limits (provider, creates_per_minute, burst, tokens)
+        values (p_provider, 0, 1, 0)
+        returning * into l;
+    end if;
+    v_now := clock_timestamp();
+    v_until := v_now + make_interval(secs => p_seconds);
+    v_from := greatest(l.refilled_at, v_now);
+    if v_until <= v_from then
+        return extract(epoch from v_from - v_now);  -- an as long or longer pause holds
+    end if;
+    v_tokens := least(l.burst, l.tokens + (l.creates_per_minute / 60.0)
+                      * greatest(extract(epoch from v_now - l.refilled_at), 0));
+    update imagegen.provider_limits
+    set tokens = least(v_tokens, 0), refilled_at = v_until,
+        paused_until = greatest(paused_until, v_until)
+    where provider = p_provider;
+    update imagegen.provider_turns set turn_at = turn_at + (v_until - v_from)
+    where provider = p_provider;
+    return p_seconds;
+end
+$$;
+
 CREATE FUNCTION public.process_queue(p_user_id uuid) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2166,6 +2233,171 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.start_once(p_user_id uuid, p_key text, p_endpoint text, p_request jsonb) RETURNS TABLE(response jsonb, replayed boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    v_hash bytea;
+    v_response jsonb;
+    v_stored imagegen.idempotent_requests;
+begin
+    if p_key is null or length(p_key) not between 1 and 255 or p_key !~ '^[\x20-\x7e]+$' then
+        perform imagegen.invalid('Idempotency-Key',
+            'must be 1 to 255 printable ASCII characters');
+    end if;
+    if p_endpoint is null or p_endpoint not in ('start-generation', 'batch-generate') then
+        perform imagegen.invalid('endpoint', 'must be start-generation or batch-generate');
+    end if;
+    if jsonb_typeof(p_request) is distinct from 'object' then
+        perform imagegen.invalid('body', 'the request must be a JSON object');
+    end if;
+    if p_user_id is null or not exists (select from auth.users where id = p_user_id) then
+        perform imagegen.invalid('user_id', 'Unknown user');
+    end if;
+    v_hash := sha256(convert_to(p_endpoint || ' ' || p_request::text, 'UTF8'));
+
+    -- An expired key is forgotten (it starts anew), and each new key takes a few of
+    -- everyone's expired ones with it, so the table holds about a day of keys.
+    delete from imagegen.idempotent_requests r
+    where r.user_id = p_user_id and r.key = p_key
+      and r.created_at <= now() - imagegen.idempotency_window();
+    delete from imagegen.idempotent_requests r
+    where (r.user_id, r.key) in (
+        select o.user_id, o.key from imagegen.idempotent_requests o
+        where o.created_at <= now() - imagegen.idempotency_window()
+        order by o.created_at
+        limit 8
+        for update skip locked);
+
+    for attempt in 1..2 loop
+        insert into imagegen.idempotent_requests (user_id, key, request_hash)
+        values (p_user_id, p_key, v_hash)
+        on conflict do nothing;
+        if found then
+            if p_endpoint = 'start-generation' then
+                select to_jsonb(s) into v_response
+                from start_generation(
+                    p_user_id => p_user_id,
+                    p_prompt => p_request ->> 'prompt',
+                    p_model_id => p_request ->> 'model_id',
+                    p_model_version => p_request ->> 'model_version',
+                    p_width => (p_request ->> 'width')::integer,
+                    p_height => (p_request ->> 'height')::integer,
+                    p_num_inference_steps => (p_request ->> 'num_inference_steps')::integer,
+                    p_guidance_scale => (p_request ->> 'guidance_scale')::numeric,
+                    p_seed => (p_request ->> 'seed')::bigint,
+                    p_negative_prompt => p_request ->> 'negative_prompt',
+                    p_source_image_url => p_request ->> 'source_image_url',
+                    p_strength => (p_request ->> 'strength')::numeric,
+                    p_style => p_request ->> 'style'
+                ) s;
+            else
+                v_response := start_batch(p_user_id, p_request);
+            end if;
+            update imagegen.idempotent_requests r set response = v_response
+            where r.user_id = p_user_id and r.key = p_key;
+            return query select v_response, false;
+            return;
+        end if;
+        -- Taken: by a committed request (the insert waited for it to end).
+        select * into v_stored from imagegen.idempotent_requests r
+        where r.user_id = p_user_id and r.key = p_key;
+        if found then
+            if v_stored.request_hash <> v_hash then
+                raise exception using errcode = 'PT422',
+                    message = 'Idempotency-Key was already used with a different request',
+                    hint = 'use a new key for a new request';
+            end if;
+            return query select v_stored.response, true;
+            return;
+        end if;
+        -- Gone meanwhile (expired and cleaned by another request): take it again.
+    end loop;
+    raise exception 'Idempotency-Key could not be claimed; retry';
+end
+$_$;
+
+CREATE FUNCTION public.take_provider_token(p_provider text, p_job_id uuid DEFAULT NULL::uuid) RETURNS double precision
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    l imagegen.provider_limits;
+    v_now timestamptz;
+    v_turn timestamptz;
+    v_rate numeric;
+    v_tokens numeric;
+    v_from timestamptz;
+begin
+    select * into l from imagegen.provider_limits where provider = p_provider for update;
+    if not found then
+        return 0;  -- a provider without a limit
+    end if;
+    v_now := clock_timestamp();
+
+    if p_job_id is not null then
+        delete from imagegen.provider_turns t where t.job_id = p_job_id
+        returning t.turn_at into v_turn;
+        if v_turn is not null then
+            if v_turn <= v_now + interval '50 milliseconds' then
+                return 0;  -- its turn: the token was taken when the turn was given
+            end if;
+            insert into imagegen.provider_turns (job_id, provider, turn_at)
+            values (p_job_id, p_provider, v_turn);  -- back too early: the same turn
+            return extract(epoch from v_turn - v_now);
+        end if;
+        -- Turns long past belong to jobs that never came back.
+        delete from imagegen.provider_turns t
+        where t.job_id in (select o.job_id from imagegen.provider_turns o
+                           where o.turn_at < v_now - imagegen.turn_grace()
+                           order by o.turn_at limit 8 for update skip locked);
+    end if;
+
+    if l.creates_per_minute = 0 then
+        return greatest(extract(epoch from l.refilled_at - v_now), 0);  -- a pause only
+    end if;
+    v_rate := l.creates_per_minute / 60.0;
+    v_from := greatest(l.refilled_at, v_now);
+    v_tokens := least(l.burst,
+                      l.tokens + v_rate * greatest(extract(epoch from v_now - l.refilled_at), 0));
+    if v_tokens >= 1 and v_from <= v_now then
+        update imagegen.provider_limits
+        set tokens = v_tokens - 1, refilled_at = v_from
+        where provider = p_provider;
+        return 0;
+    end if;
+    if p_job_id is null then
+        return extract(epoch from v_from - v_now) + greatest(1 - v_tokens, 0) / v_rate;
+    end if;
+    -- No token now: this job's is taken ahead, at the first time the bucket has one.
+    v_turn := v_from + make_interval(secs => greatest(1 - v_tokens, 0) / v_rate);
+    update imagegen.provider_limits
+    set tokens = v_tokens - 1, refilled_at = v_from
+    where provider = p_provider;
+    insert into imagegen.provider_turns (job_id, provider, turn_at)
+    values (p_job_id, p_provider, v_turn);
+    return extract(epoch from v_turn - v_now);
+end
+$$;
+
+CREATE FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with withdrawn as (
+        update image_generations g
+        set prediction_requested_at = null, updated_at = now()
+        from job_queue j
+        where j.id = p_job_id and j.status = 'processing' and j.locked_by = p_worker_id
+          and g.id = (j.payload ->> 'generation_id')::uuid
+          and g.prediction_requested_at = p_requested_at
+          and g.prediction_requested_at >= j.started_at
+        returning g.id
+    )
+    select exists (select from withdrawn)
+$$;
+
 CREATE TABLE auth.users (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     email text,
@@ -2174,10 +2406,35 @@ CREATE TABLE auth.users (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE imagegen.idempotent_requests (
+    user_id uuid NOT NULL,
+    key text NOT NULL,
+    request_hash bytea NOT NULL,
+    response jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE imagegen.migrations (
     name text NOT NULL,
     checksum text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE imagegen.provider_limits (
+    provider text NOT NULL,
+    creates_per_minute integer NOT NULL,
+    burst numeric NOT NULL,
+    tokens numeric NOT NULL,
+    refilled_at timestamp with time zone DEFAULT now() NOT NULL,
+    paused_until timestamp with time zone,
+    CONSTRAINT provider_limits_burst_check CHECK ((burst >= (1)::numeric)),
+    CONSTRAINT provider_limits_creates_per_minute_check CHECK ((creates_per_minute >= 0))
+);
+
+CREATE TABLE imagegen.provider_turns (
+    job_id uuid NOT NULL,
+    provider text NOT NULL,
+    turn_at timestamp with time zone NOT NULL
 );
 
 CREATE TABLE imagegen.queue_depth_sample (
@@ -2280,6 +2537,26 @@ CREATE VIEW public.generation_costs WITH (security_invoker='true') AS
    FROM public.image_generations
   GROUP BY image_generations.user_id, image_generations.model, (((image_generations.created_at AT TIME ZONE 'UTC'::text))::date);
 
+CREATE VIEW public.provider_limit_status WITH (security_invoker='true') AS
+ SELECT l.provider,
+    l.creates_per_minute,
+    l.burst,
+        CASE
+            WHEN (l.creates_per_minute = 0) THEN NULL::numeric
+            ELSE round(LEAST(l.burst, (l.tokens + (((l.creates_per_minute)::numeric / 60.0) * GREATEST(EXTRACT(epoch FROM (now() - l.refilled_at)), (0)::numeric)))), 2)
+        END AS tokens,
+        CASE
+            WHEN (l.paused_until > now()) THEN l.paused_until
+            ELSE NULL::timestamp with time zone
+        END AS paused_until,
+    ( SELECT count(*) AS count
+           FROM imagegen.provider_turns t
+          WHERE ((t.provider = l.provider) AND (t.turn_at > now()))) AS turns_waiting,
+    ( SELECT max(t.turn_at) AS max
+           FROM imagegen.provider_turns t
+          WHERE (t.provider = l.provider)) AS last_turn_at
+   FROM imagegen.provider_limits l;
+
 CREATE VIEW public.queue_health WITH (security_invoker='true') AS
  SELECT job_queue.job_type,
     job_queue.status,
@@ -2342,8 +2619,17 @@ ALTER TABLE ONLY auth.users
 ALTER TABLE ONLY auth.users
     ADD CONSTRAINT users_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY imagegen.idempotent_requests
+    ADD CONSTRAINT idempotent_requests_pkey PRIMARY KEY (user_id, key);
+
 ALTER TABLE ONLY imagegen.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (name);
+
+ALTER TABLE ONLY imagegen.provider_limits
+    ADD CONSTRAINT provider_limits_pkey PRIMARY KEY (provider);
+
+ALTER TABLE ONLY imagegen.provider_turns
+    ADD CONSTRAINT provider_turns_pkey PRIMARY KEY (job_id);
 
 ALTER TABLE ONLY imagegen.queue_depth_sample
     ADD CONSTRAINT queue_depth_sample_pkey PRIMARY KEY (id);
@@ -2380,6 +2666,10 @@ ALTER TABLE ONLY public.models
 
 ALTER TABLE ONLY public.user_rate_limits
     ADD CONSTRAINT user_rate_limits_pkey PRIMARY KEY (user_id);
+
+CREATE INDEX idempotent_requests_created_at_idx ON imagegen.idempotent_requests USING btree (created_at);
+
+CREATE INDEX provider_turns_turn_at_idx ON imagegen.provider_turns USING btree (turn_at);
 
 CREATE INDEX batch_generations_user_created_idx ON public.batch_generations USING btree (user_id, created_at DESC);
 
@@ -2463,6 +2753,12 @@ CREATE TRIGGER job_attempt_recorded BEFORE UPDATE ON public.job_queue FOR EACH R
 CREATE TRIGGER job_ended_fails_generation AFTER UPDATE OF status ON public.job_queue FOR EACH ROW WHEN (((new.status = ANY (ARRAY['failed'::text, 'cancelled'::text])) AND (old.status <> ALL (ARRAY['failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION imagegen.fail_generation_of_ended_job();
 
 CREATE TRIGGER job_takes_its_turn BEFORE INSERT ON public.job_queue FOR EACH ROW WHEN ((new.status = 'pending'::text)) EXECUTE FUNCTION imagegen.assign_turn();
+
+ALTER TABLE ONLY imagegen.idempotent_requests
+    ADD CONSTRAINT idempotent_requests_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY imagegen.provider_turns
+    ADD CONSTRAINT provider_turns_provider_fkey FOREIGN KEY (provider) REFERENCES imagegen.provider_limits(provider) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.batch_generations
     ADD CONSTRAINT batch_generations_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
@@ -2586,6 +2882,8 @@ REVOKE ALL ON FUNCTION imagegen.get_setting(p_key text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.held_generation(p_job_id uuid, p_worker_id text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.idempotency_window() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.integer_setting(p_key text, p_default integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.invalid(p_field text, p_message text) FROM PUBLIC;
@@ -2653,6 +2951,8 @@ REVOKE ALL ON FUNCTION imagegen.stamp_ended_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.stop_failed_generation() FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.turn_grace() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.worker_lock_key(p_worker_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
@@ -2695,6 +2995,9 @@ GRANT ALL ON FUNCTION public.complete_jobs(p_worker_id text, p_job_ids uuid[], p
 
 REVOKE ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer, p_daily_limit integer, p_hourly_limit integer, p_max_batch_size integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.configure_admission(p_max_active_per_user integer, p_max_queue_depth integer, p_daily_limit integer, p_hourly_limit integer, p_max_batch_size integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.configure_provider_limit(p_provider text, p_creates_per_minute integer, p_burst numeric) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.configure_provider_limit(p_provider text, p_creates_per_minute integer, p_burst numeric) TO service_role;
 
 REVOKE ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_schedule text, p_retention interval) TO service_role;
@@ -2763,6 +3066,9 @@ GRANT ALL ON FUNCTION public.list_models() TO service_role;
 REVOKE ALL ON FUNCTION public.nudge_workers() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.nudge_workers() TO service_role;
 
+REVOKE ALL ON FUNCTION public.pause_provider(p_provider text, p_seconds double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.pause_provider(p_provider text, p_seconds double precision) TO service_role;
+
 REVOKE ALL ON FUNCTION public.process_queue(p_user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.process_queue(p_user_id uuid) TO service_role;
 
@@ -2799,6 +3105,19 @@ GRANT ALL ON FUNCTION public.start_generation(p_user_id uuid, p_prompt text, p_m
 REVOKE ALL ON FUNCTION public.start_legacy_generation(p_user_id uuid, p_prompt text, p_model_id text, p_generation_id uuid, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.start_legacy_generation(p_user_id uuid, p_prompt text, p_model_id text, p_generation_id uuid, p_model_version text, p_width integer, p_height integer, p_num_inference_steps integer, p_guidance_scale numeric, p_seed bigint, p_negative_prompt text, p_source_image_url text, p_strength numeric, p_style text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.start_once(p_user_id uuid, p_key text, p_endpoint text, p_request jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.start_once(p_user_id uuid, p_key text, p_endpoint text, p_request jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) TO service_role;
+
+GRANT SELECT ON TABLE imagegen.provider_limits TO service_role;
+
+GRANT SELECT ON TABLE imagegen.provider_turns TO service_role;
+
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE imagegen.settings TO service_role;
 
 GRANT SELECT,DELETE ON TABLE public.batch_generations TO authenticated;
@@ -2817,6 +3136,8 @@ GRANT SELECT ON TABLE public.failed_jobs_recent TO authenticated;
 GRANT SELECT ON TABLE public.failed_jobs_recent TO service_role;
 
 GRANT SELECT ON TABLE public.generation_costs TO service_role;
+
+GRANT SELECT ON TABLE public.provider_limit_status TO service_role;
 
 GRANT SELECT ON TABLE public.queue_health TO authenticated;
 GRANT SELECT ON TABLE public.queue_health TO service_role;

@@ -236,6 +236,21 @@ class Database:
             await self._scalar("snooze_job", p_job_id=job_id, p_worker_id=worker_id, p_until=until)
         )
 
+    # The provider's shared rate limit (sql/0111_provider_limits.sql).
+
+    async def take_provider_token(self, provider: str, job_id: uuid.UUID | None) -> float:
+        """0 when a create may be sent now, else the seconds until this job's turn."""
+        return float(
+            await self._scalar("take_provider_token", p_provider=provider, p_job_id=job_id) or 0
+        )
+
+    async def pause_provider(self, provider: str, seconds: float) -> float:
+        """No worker creates for `seconds` (a 429's Retry-After); the seconds the pause has
+        left (a longer one already set holds)."""
+        return float(
+            await self._scalar("pause_provider", p_provider=provider, p_seconds=seconds) or 0
+        )
+
     # Generations.
 
     async def start_generation(
@@ -263,6 +278,16 @@ class Database:
         )
         return batch
 
+    async def start_once(
+        self, user_id: uuid.UUID, key: str, endpoint: str, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Start `endpoint`'s request once per (user, Idempotency-Key) within 24 h
+        (sql/0110): (what the start returned, whether this is a replay of it)."""
+        rows = await self._rows(
+            "start_once", p_user_id=user_id, p_key=key, p_endpoint=endpoint, p_request=request
+        )
+        return dict(rows[0]["response"]), bool(rows[0]["replayed"])
+
     async def process_queue(self, user_id: uuid.UUID) -> int:
         """Start the user's pending generations within their limits; how many started."""
         return int(await self._scalar("process_queue", p_user_id=user_id) or 0)
@@ -283,6 +308,20 @@ class Database:
             "request_prediction", p_job_id=job_id, p_worker_id=worker_id
         )
         return requested_at
+
+    async def withdraw_prediction_request(
+        self, job_id: uuid.UUID, worker_id: str, requested_at: datetime
+    ) -> bool:
+        """Take back this attempt's own intent after a 429 (sql/0112); False when the note
+        is an earlier attempt's (kept) or the job is no longer ours."""
+        return bool(
+            await self._scalar(
+                "withdraw_prediction_request",
+                p_job_id=job_id,
+                p_worker_id=worker_id,
+                p_requested_at=requested_at,
+            )
+        )
 
     async def record_prediction(
         self, job_id: uuid.UUID, worker_id: str, prediction_id: str

@@ -36,3 +36,14 @@ class PermanentJobError(JobError):
 def is_retryable(exc: BaseException) -> bool:
     """The project's errors say; anything else (a bug, a library's error) may pass."""
     return exc.retryable if isinstance(exc, ImagegenError) else True
+
+
+class JobSnoozed(ImagegenError):
+    """Not a failure: the job waits for something outside it (the provider's rate limit)
+    and goes back to the queue for `seconds` without spending an attempt (the runner calls
+    snooze_job, sql/0060_snooze_job.sql), so the wait holds no worker slot."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds = max(0.0, seconds)
+        self.reason = reason

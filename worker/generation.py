@@ -26,11 +26,13 @@ from worker.models import (
     prediction_request,
     takes_source_image,
 )
+from worker.provider_limit import ProviderLimit
 from worker.replicate import (
     OutputPolicy,
     Prediction,
     PredictionNotFound,
     ReplicateClient,
+    ReplicateRateLimited,
     ReplicateTransientError,
 )
 from worker.settings import Settings
@@ -63,6 +65,11 @@ class PredictionLedger(Protocol):
     async def save(self, prediction_id: str) -> bool:
         """Save the prediction as the generation's; False when the job is no longer ours or
         another generation holds that prediction."""
+        ...
+
+    async def withdraw(self, requested_at: datetime) -> None:
+        """The create after the note `requested_at` was refused (429): nothing was created,
+        so the note may go, if no earlier attempt's create is behind it."""
         ...
 
 
@@ -102,12 +109,14 @@ async def run_prediction(
     resume_id: str | None = None,
     requested_at: datetime | None = None,
     ledger: PredictionLedger | None = None,
+    limit: ProviderLimit | None = None,
 ) -> PredictionResult:
     """Resume `resume_id` if it is still usable; else adopt the prediction an earlier
     attempt created (after `requested_at`, its recorded intent) but died before saving;
     else create (and pay for) one. With a `ledger` the intent is recorded before creating
     and the id saved before polling; the create itself may wait (`Prefer: wait`) before
-    the id is known, a window the adoption covers. Then wait for the output."""
+    the id is known, a window the adoption covers. With a `limit`, each create takes the
+    provider's shared token first (worker.provider_limit). Then wait for the output."""
     started = time.monotonic()
     prediction: Prediction | None = None
     if resume_id:
@@ -124,7 +133,7 @@ async def run_prediction(
         if ledger is not None and requested_at is not None:
             prediction = await _adopt(replicate, params, body, requested_at, ledger)
         if prediction is None:
-            prediction = await _create(replicate, settings, params, path, body, ledger)
+            prediction = await _create(replicate, settings, params, path, body, ledger, limit)
     prediction = await replicate.wait_for_prediction(
         prediction, deadline_seconds=settings.prediction_timeout_seconds + 30
     )
@@ -169,16 +178,29 @@ async def _create(
     path: str,
     body: dict[str, Any],
     ledger: PredictionLedger | None,
+    limit: ProviderLimit | None = None,
 ) -> Prediction:
-    """Record the intent, create, save the id. A 5xx or a timeout after sending leaves it
-    unknown whether Replicate created the prediction: with a ledger, look for it (adopt)
-    before sending again; without one, resending could pay twice, so the error stands."""
+    """Take the provider's token (with a `limit`), record the intent, create, save the id.
+    A 5xx or a timeout after sending leaves it unknown whether Replicate created the
+    prediction: with a ledger, look for it (adopt) before sending again; without one,
+    resending could pay twice, so the error stands. With a `limit` a 429 is not resent
+    here: it pauses every worker's creates, and this job waits in the queue."""
+    if limit is not None:
+        await limit.take()  # before the intent: a job that waits has created nothing
     intent = await ledger.intend() if ledger is not None else None
     for attempt in range(1, CREATE_TRIES + 1):
+        if limit is not None and attempt > 1:
+            await limit.take()
         try:
             return await _finish_even_if_cancelled(
-                _create_and_save(replicate, settings, path, body, ledger)
+                _create_and_save(replicate, settings, path, body, ledger, limit is None)
             )
+        except ReplicateRateLimited as exc:
+            if limit is None:
+                raise
+            if ledger is not None and intent is not None and attempt == 1:
+                await ledger.withdraw(intent)  # later tries follow an ambiguous one
+            raise await limit.rate_limited(exc.retry_after) from exc
         except ReplicateTransientError as exc:
             if ledger is None or intent is None or attempt == CREATE_TRIES:
                 raise
@@ -195,12 +217,14 @@ async def _create_and_save(
     path: str,
     body: dict[str, Any],
     ledger: PredictionLedger | None,
+    retry_rate_limited: bool,
 ) -> Prediction:
     created = await replicate.create_prediction(
         path,
         body,
         wait_seconds=settings.replicate_wait_seconds or None,
         cancel_after_seconds=settings.prediction_timeout_seconds,
+        retry_rate_limited=retry_rate_limited,
     )
     log.debug("prediction created", prediction_id=created.id, status=created.status)
     if ledger is not None and not await ledger.save(created.id):

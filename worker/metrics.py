@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 JOBS_FINISHED = Counter(
     "imagegen_jobs_finished_total",
-    "Job attempts that ended, by type and outcome (completed, retry, failed, lost).",
+    "Job attempts that ended, by type and outcome (completed, retry, failed, lost, snoozed).",
     ["job_type", "outcome"],
 )
 JOB_DURATION = Histogram(

@@ -275,9 +275,11 @@ class ReplicateClient:
         *,
         wait_seconds: int | None = None,
         cancel_after_seconds: int | None = None,
+        retry_rate_limited: bool = True,
     ) -> Prediction:
         """Create (and pay for) a prediction. Resent only when the first request surely
-        created nothing: a connect error or a 429. A 5xx or a timeout after sending is
+        created nothing: a connect error or (unless `retry_rate_limited` is false: the
+        caller pauses every worker instead) a 429. A 5xx or a timeout after sending is
         raised (retryable) rather than risk a second paid prediction."""
         headers = {}
         if wait_seconds:
@@ -287,7 +289,13 @@ class ReplicateClient:
         # The server holds the response up to wait_seconds: the read timeout must outlast it.
         read_timeout = self.timeout + (wait_seconds or 0)
         response = await self._request(
-            "POST", path, json=body, headers=headers, read_timeout=read_timeout, idempotent=False
+            "POST",
+            path,
+            json=body,
+            headers=headers,
+            read_timeout=read_timeout,
+            idempotent=False,
+            retry_rate_limited=retry_rate_limited,
         )
         if response.status_code == 404:
             raise ModelNotFound(
@@ -456,6 +464,7 @@ class ReplicateClient:
         json: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         read_timeout: float | None = None,
+        retry_rate_limited: bool = True,
     ) -> httpx.Response:
         """Send with retries: all transient failures when `idempotent`, else only those
         where the server surely did nothing (connect errors, 429). Maps error codes to
@@ -485,7 +494,7 @@ class ReplicateClient:
             status = response.status_code
             if status == 429:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
-                if last:
+                if last or not retry_rate_limited:
                     raise ReplicateRateLimited(
                         "Replicate is rate limiting us; try again later", retry_after=retry_after
                     )

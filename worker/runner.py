@@ -15,13 +15,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from worker import metrics
 from worker.database import Database, Job
-from worker.errors import ImagegenError, PermanentJobError, is_retryable
+from worker.errors import ImagegenError, JobSnoozed, PermanentJobError, is_retryable
 from worker.gateway import DatabaseError, GatewayUnavailable
 
 log = structlog.get_logger(__name__)
@@ -223,6 +224,9 @@ class Runner:
         except asyncio.CancelledError:
             bound.info("job cancelled")
             raise
+        except JobSnoozed as exc:
+            await self._snooze(job, bound, exc)
+            return True  # not an error: the job comes back when it may go on
         except Exception as exc:
             if not isinstance(exc, ImagegenError):
                 bound.exception("job crashed")
@@ -235,6 +239,20 @@ class Runner:
             return True
         finally:
             metrics.JOB_DURATION.labels(job.job_type).observe(time.perf_counter() - started)
+
+    async def _snooze(self, job: Job, bound: Any, snoozed: JobSnoozed) -> None:
+        """Hand the job back until it may go on, and wake then to claim it (no NOTIFY
+        tells of a job that falls due)."""
+        until = datetime.now(UTC) + timedelta(seconds=snoozed.seconds)
+        try:
+            held = await self.db.snooze_job(job.id, self.worker_id, until)
+        except (GatewayUnavailable, DatabaseError) as exc:
+            # The lease runs out and the job is claimed again: it costs an attempt.
+            bound.error("could not snooze job", error=str(exc))
+            return
+        metrics.JOBS_FINISHED.labels(job.job_type, "snoozed" if held else "lost").inc()
+        bound.debug("job snoozed", reason=snoozed.reason, seconds=round(snoozed.seconds, 3))
+        asyncio.get_running_loop().call_later(snoozed.seconds + 0.005, self.wake)
 
     async def _fail(
         self,

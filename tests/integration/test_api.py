@@ -78,7 +78,7 @@ def test_cors_preflight_and_headers(served: Served) -> None:
         assert response.status_code == 200 and response.text == "ok"
         assert response.headers["access-control-allow-origin"] == "*"
         assert response.headers["access-control-allow-headers"] == (
-            "authorization, x-client-info, apikey, content-type"
+            "authorization, x-client-info, apikey, content-type, idempotency-key"
         )
     refused = served.post("start-generation", {})
     assert refused.headers["access-control-allow-origin"] == "*"

@@ -158,8 +158,10 @@ async def test_rate_limits_are_waited_out_as_retry_after_says(
     conn: psycopg.Connection[Any], database_url: str, stack: Stack, torture_report: TortureReport
 ) -> None:
     """Every call is answered 429 with `Retry-After: 2` for 3 s, then Replicate recovers:
-    everything completes, each generation asked at most twice meanwhile (0 s, 2 s), and
-    no 429 created a prediction."""
+    everything completes and no 429 created a prediction. A 429 to a create pauses every
+    worker's creates and the job waits in the queue (sql/0111_provider_limits.sql); its
+    retry first looks for the prediction in the list (the create's intent was recorded),
+    a call this scenario answers 429 too: at most three calls a generation meanwhile."""
     stack.configure_simulator(rate_limit_rate=1.0, retry_after_seconds=2)
 
     async def recover() -> None:
@@ -179,7 +181,7 @@ async def test_rate_limits_are_waited_out_as_retry_after_says(
         predictions=stack.predictions_created(),
     )
     assert {row["status"] for row in rows.values()} == {"completed"}
-    assert limited <= 2 * len(ids)
+    assert limited <= 3 * len(ids)
     assert stack.predictions_created() == len(ids)
 
 

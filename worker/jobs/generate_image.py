@@ -10,6 +10,7 @@ from worker.errors import PermanentJobError
 from worker.generation import run_prediction
 from worker.jobs.context import JobContext, LeaseLost
 from worker.models import GenerationParams
+from worker.provider_limit import ProviderLimit
 
 log = structlog.get_logger(__name__)
 
@@ -31,10 +32,13 @@ class _GenerationLedger:
     async def save(self, prediction_id: str) -> bool:
         return await self.ctx.db.record_prediction(self.job.id, self.ctx.worker_id, prediction_id)
 
+    async def withdraw(self, requested_at: datetime) -> None:
+        await self.ctx.db.withdraw_prediction_request(self.job.id, self.ctx.worker_id, requested_at)
+
 
 async def generate_image(job: Job, ctx: JobContext) -> None:
     """Run (or resume, or adopt) the prediction, then hand over to a download job
-    atomically."""
+    atomically. Creates wait their turn under the provider's shared limit."""
     generation = await ctx.db.begin_generation(job.id, ctx.worker_id)
     if generation is None:
         raise PermanentJobError("The generation is no longer active")
@@ -46,6 +50,7 @@ async def generate_image(job: Job, ctx: JobContext) -> None:
         resume_id=generation.get("replicate_prediction_id"),
         requested_at=generation.get("prediction_requested_at"),
         ledger=_GenerationLedger(job, ctx),
+        limit=ProviderLimit(ctx.db, job.id),
     )
     download_job = await ctx.db.generation_downloading(
         job.id,
