@@ -2162,12 +2162,13 @@ CREATE FUNCTION public.storage_missing_objects(p_folder text, p_names text[], p_
                            '[]'::jsonb))
 $_$;
 
-CREATE FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at timestamp with time zone[], p_grace interval DEFAULT '24:00:00'::interval) RETURNS TABLE(name text, verdict text)
+CREATE FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at text[], p_grace_seconds integer DEFAULT 86400) RETURNS TABLE(name text, verdict text)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
     with listed as (
-        select o.name, o.updated_at, imagegen.storage_object_generation(o.name) as generation_id
+        select o.name, o.updated_at::timestamptz as updated_at,
+               imagegen.storage_object_generation(o.name) as generation_id
         from unnest(p_names, p_updated_at) as o(name, updated_at)
         where o.name is not null
     ),
@@ -2195,10 +2196,10 @@ CREATE FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at time
                when exists (select from image_generations g
                             where g.id = l.generation_id
                               and (g.status in ('pending', 'queued', 'processing', 'downloading')
-                                   or g.updated_at > now() - p_grace))
+                                   or g.updated_at > now() - make_interval(secs => p_grace_seconds)))
                  or l.name in (select s.name from sources s where s.name is not null)
                    then 'in_use'
-               when l.updated_at is null or l.updated_at > now() - p_grace
+               when l.updated_at is null or l.updated_at > now() - make_interval(secs => p_grace_seconds)
                    then 'recent'
                else 'orphan'
            end
@@ -2832,8 +2833,8 @@ GRANT ALL ON FUNCTION public.storage_missing_folders(p_folders text[], p_before 
 REVOKE ALL ON FUNCTION public.storage_missing_objects(p_folder text, p_names text[], p_before timestamp with time zone, p_sample integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.storage_missing_objects(p_folder text, p_names text[], p_before timestamp with time zone, p_sample integer) TO service_role;
 
-REVOKE ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at timestamp with time zone[], p_grace interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at timestamp with time zone[], p_grace interval) TO service_role;
+REVOKE ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at text[], p_grace_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at text[], p_grace_seconds integer) TO service_role;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE imagegen.settings TO service_role;
 

@@ -134,10 +134,10 @@ def test_a_failure_in_a_later_file_rolls_back_the_whole_run(
     empty_database_url: str, migrations_copy: Path
 ) -> None:
     """All pending files are one transaction: the baseline applied before is undone too."""
-    (migrations_copy / "0099_broken.sql").write_text("select 1 / 0;\n")
+    (migrations_copy / "9999_broken.sql").write_text("select 1 / 0;\n")
     with pytest.raises(MigrationError) as refused:
         migrate(empty_database_url, migrations_copy)
-    assert "0099_broken.sql failed: division by zero" in str(refused.value)
+    assert "9999_broken.sql failed: division by zero" in str(refused.value)
     applied_before = ", ".join(MIGRATION_NAMES)
     assert f"nothing was applied ({applied_before} rolled back too)" in str(refused.value)
     with psycopg.connect(empty_database_url) as conn:
