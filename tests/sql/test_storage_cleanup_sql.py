@@ -4,6 +4,7 @@ listed objects, the rows whose object is gone, the nightly enqueue."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +19,11 @@ URL = "https://ref.supabase.co/storage/v1/object/public/generated-images/"
 
 
 def verdicts(
-    conn: Conn, names: list[str], stamps: list[str | None] | None = None
+    conn: Conn, names: list[str], stamps: Sequence[str | None] | None = None
 ) -> dict[str, str]:
     rows = conn.execute(
         "select * from storage_object_verdicts(%s, %s, 86400)",
-        (names, stamps if stamps is not None else [OLD] * len(names)),
+        (names, list(stamps) if stamps is not None else [OLD] * len(names)),
     ).fetchall()
     return {row["name"]: row["verdict"] for row in rows}
 
@@ -67,7 +68,7 @@ def test_each_listed_object_gets_its_verdict(conn: Conn, user_id: uuid.UUID) -> 
             f"{u}/fresh.webp",
             f"{u}/unknown-age.webp",
         ],
-        [OLD] * 6 + [datetime.now(UTC).isoformat(), None],
+        [*[OLD] * 6, datetime.now(UTC).isoformat(), None],
     )
     assert answer == {
         f"{u}/a.webp": "referenced",
