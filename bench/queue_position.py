@@ -9,7 +9,8 @@ head, the middle and the tail of the queue: the client round trip of
 `generation_queue_status` (the API's call, service role) and of `generation_status` (the
 apps' call, signed in as the owner, in one transaction as PostgREST runs it), p50 and
 p95, and `EXPLAIN (ANALYZE, BUFFERS)` of the statement that counts the jobs ahead (the
-plan's scan nodes, rows read and buffers touched).
+plan's scan nodes, rows read and buffers touched), bounded as sql/0151 counts (at most
+`queue_position_limit` jobs ahead, 1,000 by default) and unbounded as sql/0082 did.
 
     .venv/bin/python -m bench.queue_position [--quick]
 """
@@ -29,7 +30,8 @@ RUNNING = 32
 COMPLETED = 1_000
 MODEL = "flux-schnell"
 
-# The count of sql/0082's imagegen.generation_status (and of what replaces it), for EXPLAIN.
+# The count of the jobs ahead in imagegen.generation_status, for EXPLAIN: bounded as
+# sql/0151 counts them ({limit}), and unbounded as sql/0082 did (for comparison).
 AHEAD = """
 select count(*) from (
     select from job_queue
@@ -38,8 +40,10 @@ select count(*) from (
     select from job_queue
     where status = 'pending' and scheduled_at <= now() and priority = %(priority)s
       and (turn, created_at) < (%(turn)s, %(created_at)s)
+    {limit}
 ) ahead
 """
+POSITION_LIMIT = "select imagegen.integer_setting('queue_position_limit', 1000)"
 
 
 def fill(url: str, queued: int) -> float:
@@ -149,6 +153,7 @@ def time_calls(conn: psycopg.Connection[Any], spot: dict[str, Any], samples: int
         signed_in.append((time.perf_counter() - started) * 1000)
     return {
         "position": answer.get("position"),
+        "exact": answer.get("position_exact"),
         "estimated_s": answer.get("estimated_seconds"),
         "queue_status_p50_ms": percentile(service, 0.5),
         "queue_status_p95_ms": percentile(service, 0.95),
@@ -157,11 +162,14 @@ def time_calls(conn: psycopg.Connection[Any], spot: dict[str, Any], samples: int
     }
 
 
-def explain_ahead(conn: psycopg.Connection[Any], spot: dict[str, Any]) -> dict[str, Any]:
+def explain_ahead(
+    conn: psycopg.Connection[Any], spot: dict[str, Any], limit: int | None
+) -> dict[str, Any]:
     """The count's plan: scan nodes (a Seq Scan would be a scan of the whole table), rows
     read, buffers touched, server time."""
+    statement = AHEAD.format(limit=f"limit {limit}" if limit else "")
     row = conn.execute(
-        ("explain (analyze, buffers, format json) " + AHEAD).encode(),
+        ("explain (analyze, buffers, format json) " + statement).encode(),
         {key: spot[key] for key in ("priority", "turn", "created_at")},
     ).fetchone()
     assert row is not None
@@ -202,16 +210,23 @@ def main() -> None:
             depth = conn.execute("select count(*) from job_queue where status = 'pending'")
             row = depth.fetchone()
             assert row is not None and row[0] == queued, row
+            limit_row = conn.execute(POSITION_LIMIT).fetchone()
+            assert limit_row is not None
+            limit = int(limit_row[0])
             for name, share in (("head", 0.0), ("middle", 0.5), ("tail", 1.0)):
                 spot = place(conn, share, queued)
                 measured = time_calls(conn, spot, samples)
-                assert measured["position"] == spot["expected_position"], (measured, spot)
+                expected = min(spot["expected_position"], limit + 1)
+                assert measured["position"] == expected, (measured, spot)
+                unbounded = explain_ahead(conn, spot, None)
                 rows.append(
                     {
                         "queued": queued,
                         "place": name,
                         **measured,
-                        **explain_ahead(conn, spot),
+                        **explain_ahead(conn, spot, limit),
+                        "unbounded_rows_read": unbounded["index_rows_read"],
+                        "unbounded_server_ms": unbounded["server_ms"],
                     }
                 )
         server.drop_database("bench_queue_position")

@@ -431,6 +431,7 @@ declare
     v_median numeric;
     v_basis text;
     v_estimate numeric;
+    v_limit integer := greatest(imagegen.integer_setting('queue_position_limit', 1000), 1);
 begin
     select * into g from image_generations where id = p_generation_id and user_id = p_user_id;
     if not found then
@@ -470,7 +471,8 @@ begin
               union all
               select from job_queue
               where status = 'pending' and scheduled_at <= now() and priority = j.priority
-                and (turn, created_at) < (j.turn, j.created_at)) ahead;
+                and (turn, created_at) < (j.turn, j.created_at)
+              limit v_limit) ahead;
         v_estimate := (floor(v_ahead / greatest(v_busy, 1)) + 1) * v_median;
     elsif j.status = 'processing' then
         v_estimate := greatest(v_median - extract(epoch from now() - j.started_at), 0);
@@ -481,6 +483,7 @@ begin
         'status', g.status,
         'job_status', j.status,
         'position', v_ahead + 1,
+        'position_exact', case when v_ahead is not null then v_ahead < v_limit end,
         'workers_busy', v_busy,
         'median_seconds', round(v_median, 1),
         'estimate_basis', v_basis,
