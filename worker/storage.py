@@ -101,8 +101,8 @@ class SupabaseStorage:
 
     async def list_folder(self, folder: str, *, limit: int, offset: int) -> list[StoredEntry]:
         """One page of what is directly in `folder` ('' is the bucket's root), by name
-        (`POST /object/list/<bucket>`): files with their last change, then subfolders
-        (Storage gives a folder no id)."""
+        (`POST /object/list/<bucket>`): files with their last change, and subfolders
+        (Storage gives a folder neither id nor metadata)."""
         options: Any = {
             "limit": limit,
             "offset": offset,
@@ -116,7 +116,7 @@ class SupabaseStorage:
         for item in listed:
             name = str(item["name"])
             path = f"{folder}/{name}" if folder else name
-            if item.get("id") is None:
+            if item.get("id") is None and item.get("metadata") is None:
                 entries.append(StoredEntry(path, is_folder=True, updated_at=None))
             else:
                 stamp = item.get("updated_at") or item.get("created_at")
