@@ -27,6 +27,7 @@ BENCHMARKS = (
     "flood",
     "cancellation",
     "provider_limit",
+    "queue_position",
 )
 
 

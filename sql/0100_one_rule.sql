@@ -1,9 +1,10 @@
 -- One rule, one place (docs/DESIGN.md, "One rule, one place").
 --
 -- * Which generation statuses are active is imagegen.active_statuses(); the functions that
---   asked `status in (...)` with the list typed out ask imagegen.is_active(status). (The
---   partial indexes and the batch_progress view keep their literal: an index predicate is
---   matched against the query's text, and both are rebuilt only with the table.)
+--   asked `status in (...)` with the list typed out ask imagegen.is_active(status). It is
+--   inlined to the same `status = any (...)`, so the partial indexes on active rows still
+--   serve it; they and the batch_progress view keep their literal (rebuilding them would
+--   change nothing but the text).
 -- * A blank prompt is one without a visible character: imagegen.is_blank(), which sees
 --   NBSP, zero-width spaces, joiners and a BOM as nothing (`\S` did not); the API no
 --   longer checks it itself. model_id and model_version get a length limit, so the API

@@ -475,6 +475,7 @@ declare
     v_median numeric;
     v_basis text;
     v_estimate numeric;
+    v_limit integer := greatest(imagegen.integer_setting('queue_position_limit', 1000), 1);
 begin
     select * into g from image_generations where id = p_generation_id and user_id = p_user_id;
     if not found then
@@ -514,7 +515,8 @@ begin
               union all
               select from job_queue
               where status = 'pending' and scheduled_at <= now() and priority = j.priority
-                and (turn, created_at) < (j.turn, j.created_at)) ahead;
+                and (turn, created_at) < (j.turn, j.created_at)
+              limit v_limit) ahead;
         v_estimate := (floor(v_ahead / greatest(v_busy, 1)) + 1) * v_median;
     elsif j.status = 'processing' then
         v_estimate := greatest(v_median - extract(epoch from now() - j.started_at), 0);
@@ -525,6 +527,7 @@ begin
         'status', g.status,
         'job_status', j.status,
         'position', v_ahead + 1,
+        'position_exact', case when v_ahead is not null then v_ahead < v_limit end,
         'workers_busy', v_busy,
         'median_seconds', round(v_median, 1),
         'estimate_basis', v_basis,
@@ -952,6 +955,43 @@ begin
 end
 $$;
 
+CREATE FUNCTION imagegen.storage_object_generation(p_path text) RETURNS uuid
+    LANGUAGE sql IMMUTABLE STRICT
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+    select substring(lower(p_path)
+                     from '(?:^|/)([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'
+                          '\.[a-z0-9]+$')::uuid
+$_$;
+
+CREATE FUNCTION imagegen.storage_url_object(p_url text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE STRICT
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    v_path text := substring(
+        p_url from '/storage/v1/object/(?:public|authenticated|sign)/[^/?#]+/([^?#]+)');
+    v_bytes bytea := ''::bytea;
+    v_i integer := 1;
+begin
+    if v_path is null or position('%' in v_path) = 0 then
+        return v_path;
+    end if;
+    while v_i <= length(v_path) loop
+        if substr(v_path, v_i, 1) = '%' and substr(v_path, v_i + 1, 2) ~ '^[0-9A-Fa-f]{2}$' then
+            v_bytes := v_bytes || decode(substr(v_path, v_i + 1, 2), 'hex');
+            v_i := v_i + 3;
+        else
+            v_bytes := v_bytes || convert_to(substr(v_path, v_i, 1), 'UTF8');
+            v_i := v_i + 1;
+        end if;
+    end loop;
+    return convert_from(v_bytes, 'UTF8');
+exception when others then
+    return v_path;  -- not valid UTF-8 once decoded: compared as written
+end
+$_$;
+
 CREATE FUNCTION imagegen.turn_grace() RETURNS interval
     LANGUAGE sql IMMUTABLE
     AS $$ select interval '10 minutes' $$;
@@ -1345,6 +1385,8 @@ begin
         using 'process-jobs-worker', v_schedule, 'select public.invoke_worker()';
     execute 'select cron.schedule($1, $2, $3)'
         using 'imagegen-retention', '17 3 * * *', 'select public.prune_finished_jobs()';
+    execute 'select cron.schedule($1, $2, $3)'
+        using 'imagegen-storage-cleanup', '43 3 * * *', 'select public.enqueue_storage_cleanup()';
     return v_job_id;
 end
 $_$;
@@ -1383,6 +1425,13 @@ begin
         -- It finished between the two statements: try the insert again.
     end loop;
 end
+$$;
+
+CREATE FUNCTION public.enqueue_storage_cleanup() RETURNS uuid
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select enqueue_job('cleanup-storage', '{}'::jsonb, p_dedupe_key => 'cleanup-storage')
 $$;
 
 CREATE FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb DEFAULT NULL::jsonb, p_retryable boolean DEFAULT true) RETURNS text
@@ -2318,6 +2367,88 @@ begin
 end
 $_$;
 
+CREATE FUNCTION public.storage_missing_folders(p_folders text[], p_before timestamp with time zone, p_sample integer DEFAULT 20) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+    with missing as (
+        select i.storage_path
+        from images i
+        where i.created_at < p_before
+          and not exists (select from unnest(p_folders) f(folder)
+                          where f.folder = regexp_replace(i.storage_path, '/?[^/]*$', ''))
+    )
+    select jsonb_build_object(
+        'count', (select count(*) from missing),
+        'sample', coalesce((select jsonb_agg(storage_path order by storage_path)
+                            from (select storage_path from missing
+                                  order by storage_path limit greatest(p_sample, 0)) s),
+                           '[]'::jsonb))
+$_$;
+
+CREATE FUNCTION public.storage_missing_objects(p_folder text, p_names text[], p_before timestamp with time zone, p_sample integer DEFAULT 20) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+    with missing as (
+        select i.storage_path
+        from images i
+        where regexp_replace(i.storage_path, '/?[^/]*$', '') = p_folder
+          and i.created_at < p_before
+          and not i.storage_path = any (coalesce(p_names, '{}'))
+    )
+    select jsonb_build_object(
+        'count', (select count(*) from missing),
+        'sample', coalesce((select jsonb_agg(storage_path order by storage_path)
+                            from (select storage_path from missing
+                                  order by storage_path limit greatest(p_sample, 0)) s),
+                           '[]'::jsonb))
+$_$;
+
+CREATE FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at text[], p_grace_seconds integer DEFAULT 86400) RETURNS TABLE(name text, verdict text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with listed as (
+        select o.name, o.updated_at::timestamptz as updated_at,
+               imagegen.storage_object_generation(o.name) as generation_id
+        from unnest(p_names, p_updated_at) as o(name, updated_at)
+        where o.name is not null
+    ),
+    escaped as materialized (
+        select imagegen.storage_url_object(public_url) as name
+        from images
+        where substring(public_url from '/storage/v1/object/(?:public|authenticated|sign)/[^/?#]+/([^?#]+)')
+              like '%\%%'
+    ),
+    sources as materialized (
+        -- What in-progress generations will still fetch: few rows (admission bounds them).
+        select imagegen.storage_url_object(source_image_url) as name
+        from image_generations
+        where imagegen.is_active(status)
+          and source_image_url is not null
+    )
+    select l.name,
+           case
+               when exists (select from images i where i.storage_path = l.name)
+                 or exists (select from images i
+                            where substring(i.public_url from '/storage/v1/object/(?:public|authenticated|sign)/[^/?#]+/([^?#]+)')
+                                  = l.name)
+                 or l.name in (select e.name from escaped e where e.name is not null)
+                   then 'referenced'
+               when exists (select from image_generations g
+                            where g.id = l.generation_id
+                              and (imagegen.is_active(g.status)
+                                   or g.updated_at > now() - make_interval(secs => p_grace_seconds)))
+                 or l.name in (select s.name from sources s where s.name is not null)
+                   then 'in_use'
+               when l.updated_at is null or l.updated_at > now() - make_interval(secs => p_grace_seconds)
+                   then 'recent'
+               else 'orphan'
+           end
+    from listed l
+$$;
+
 CREATE FUNCTION public.take_provider_token(p_provider text, p_job_id uuid DEFAULT NULL::uuid) RETURNS double precision
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2687,6 +2818,14 @@ CREATE INDEX image_generations_user_created_idx ON public.image_generations USIN
 
 CREATE UNIQUE INDEX images_one_per_generation_idx ON public.images USING btree (generation_id);
 
+CREATE INDEX images_public_url_escaped_idx ON public.images USING btree (id) WHERE ("substring"(public_url, '/storage/v1/object/(?:public|authenticated|sign)/[^/?#]+/([^?#]+)'::text) ~~ '%\%%'::text);
+
+CREATE INDEX images_public_url_path_idx ON public.images USING btree ("substring"(public_url, '/storage/v1/object/(?:public|authenticated|sign)/[^/?#]+/([^?#]+)'::text));
+
+CREATE INDEX images_storage_folder_idx ON public.images USING btree (regexp_replace(storage_path, '/?[^/]*$'::text, ''::text), created_at);
+
+CREATE INDEX images_storage_path_idx ON public.images USING btree (storage_path);
+
 CREATE INDEX images_user_created_idx ON public.images USING btree (user_id, created_at DESC);
 
 CREATE INDEX job_queue_created_by_idx ON public.job_queue USING btree (created_by, created_at DESC) WHERE (created_by IS NOT NULL);
@@ -2951,6 +3090,10 @@ REVOKE ALL ON FUNCTION imagegen.stamp_ended_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.stop_failed_generation() FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION imagegen.storage_object_generation(p_path text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.storage_url_object(p_url text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.turn_grace() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.worker_lock_key(p_worker_id text) FROM PUBLIC;
@@ -3004,6 +3147,9 @@ GRANT ALL ON FUNCTION public.configure_worker_cron(p_url text, p_secret text, p_
 
 REVOKE ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_priority integer, p_scheduled_at timestamp with time zone, p_max_attempts integer, p_created_by uuid, p_dedupe_key text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.enqueue_job(p_job_type text, p_payload jsonb, p_priority integer, p_scheduled_at timestamp with time zone, p_max_attempts integer, p_created_by uuid, p_dedupe_key text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.enqueue_storage_cleanup() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.enqueue_storage_cleanup() TO service_role;
 
 REVOKE ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_generation(p_job_id uuid, p_worker_id text, p_error_message text, p_error_details jsonb, p_retryable boolean) TO service_role;
@@ -3107,6 +3253,15 @@ GRANT ALL ON FUNCTION public.start_legacy_generation(p_user_id uuid, p_prompt te
 
 REVOKE ALL ON FUNCTION public.start_once(p_user_id uuid, p_key text, p_endpoint text, p_request jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.start_once(p_user_id uuid, p_key text, p_endpoint text, p_request jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.storage_missing_folders(p_folders text[], p_before timestamp with time zone, p_sample integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.storage_missing_folders(p_folders text[], p_before timestamp with time zone, p_sample integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.storage_missing_objects(p_folder text, p_names text[], p_before timestamp with time zone, p_sample integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.storage_missing_objects(p_folder text, p_names text[], p_before timestamp with time zone, p_sample integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at text[], p_grace_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_at text[], p_grace_seconds integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) TO service_role;

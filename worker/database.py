@@ -411,6 +411,47 @@ class Database:
         )
         return None if status is None else str(status)
 
+    # Storage retention (sql/0150_storage_cleanup.sql).
+
+    async def enqueue_storage_cleanup(self) -> uuid.UUID:
+        """The nightly cleanup-storage job (the active one when there is one)."""
+        job_id: uuid.UUID = await self._scalar("enqueue_storage_cleanup")
+        return job_id
+
+    async def storage_object_verdicts(
+        self, objects: Sequence[tuple[str, datetime | None]], grace_seconds: int
+    ) -> dict[str, str]:
+        """Listed (path, last change) → referenced, in_use, recent or orphan."""
+        rows = await self._rows(
+            "storage_object_verdicts",
+            p_names=[path for path, _ in objects],
+            p_updated_at=[stamp.isoformat() if stamp else None for _, stamp in objects],
+            p_grace_seconds=grace_seconds,
+        )
+        return {str(row["name"]): str(row["verdict"]) for row in rows}
+
+    async def storage_missing_objects(
+        self, folder: str, names: Sequence[str], before: datetime, sample: int
+    ) -> dict[str, Any]:
+        """images rows of `folder` whose object was not listed there: {count, sample}."""
+        found: dict[str, Any] = await self._scalar(
+            "storage_missing_objects",
+            p_folder=folder,
+            p_names=list(names),
+            p_before=before,
+            p_sample=sample,
+        )
+        return found
+
+    async def storage_missing_folders(
+        self, folders: Sequence[str], before: datetime, sample: int
+    ) -> dict[str, Any]:
+        """images rows in no listed folder: {count, sample}."""
+        found: dict[str, Any] = await self._scalar(
+            "storage_missing_folders", p_folders=list(folders), p_before=before, p_sample=sample
+        )
+        return found
+
     # For the HTTP service.
 
     async def cancel_generation(self, generation_id: uuid.UUID, user_id: uuid.UUID) -> str:

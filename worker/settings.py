@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     # private address: the dev stack's and the tests' simulator. Unset: none may.
     output_private_origins: str | None = None
 
+    # Storage retention: the nightly cleanup-storage job (worker/jobs/cleanup_storage.py).
+    # Off by default: it reports orphan objects and deletes them only when this is true.
+    storage_cleanup_delete: bool = False
+    # An object nothing points at goes only once it is older than this.
+    storage_cleanup_grace_hours: float = Field(default=24.0, ge=1)
+    # At most this many deletions a run (a safety valve against a wrong listing).
+    storage_cleanup_max_deletes: int = Field(default=10_000, ge=0)
+
     # The HTTP service.
     # How long a request waits for a database connection before its 503 (an outage).
     database_request_timeout_seconds: float = Field(default=1.5, gt=0)

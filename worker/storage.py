@@ -12,6 +12,8 @@ import os
 import random
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -82,10 +84,44 @@ class SupabaseStorage:
             raise self._error("lookup", path, exc) from exc
 
     async def remove(self, path: str) -> None:
+        await self.remove_many([path])
+
+    async def remove_many(self, paths: list[str]) -> list[str]:
+        """Delete these objects (`DELETE /object/<bucket>` with `{"prefixes": [...]}`, at
+        most 1,000 a call as Storage allows); the paths Storage says it removed."""
+        if not paths:
+            return []
         try:
-            await self._client.from_(self.bucket).remove([path])
+            removed = await self._client.from_(self.bucket).remove(paths)
         except Exception as exc:
-            raise self._error("removal", path, exc) from exc
+            raise self._error(
+                "removal", paths[0] if len(paths) == 1 else f"{len(paths)} objects", exc
+            ) from exc
+        return [str(item["name"]) for item in removed if isinstance(item, dict) and "name" in item]
+
+    async def list_folder(self, folder: str, *, limit: int, offset: int) -> list[StoredEntry]:
+        """One page of what is directly in `folder` ('' is the bucket's root), by name
+        (`POST /object/list/<bucket>`): files with their last change, and subfolders
+        (Storage gives a folder neither id nor metadata)."""
+        options: Any = {
+            "limit": limit,
+            "offset": offset,
+            "sortBy": {"column": "name", "order": "asc"},
+        }
+        try:
+            listed = await self._client.from_(self.bucket).list(folder, options)
+        except Exception as exc:
+            raise self._error("listing", folder or "/", exc) from exc
+        entries = []
+        for item in listed:
+            name = str(item["name"])
+            path = f"{folder}/{name}" if folder else name
+            if item.get("id") is None and item.get("metadata") is None:
+                entries.append(StoredEntry(path, is_folder=True, updated_at=None))
+            else:
+                stamp = item.get("updated_at") or item.get("created_at")
+                entries.append(StoredEntry(path, is_folder=False, updated_at=_timestamp(stamp)))
+        return entries
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -95,6 +131,25 @@ class SupabaseStorage:
         # The key must never reach a log line, even if a server echoes it back.
         reason = redact_text(reason, self._key)[:500]
         return StorageError(f"Storage {action} of {path} failed: {reason}", retryable=retryable)
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """A listed object (`path` inside the bucket) or folder; `updated_at` None when unknown."""
+
+    path: str
+    is_folder: bool
+    updated_at: datetime | None
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def _rewinder(source: Path | BinaryIO) -> Callable[[], object] | None:

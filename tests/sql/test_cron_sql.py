@@ -24,7 +24,7 @@ from worker.settings import WORKER_SECRET_MIN_LENGTH, Settings
 Conn = psycopg.Connection[dict[str, Any]]
 
 SECRET = "test-worker-secret-0123456789"
-JOB_NAMES = ("process-jobs-worker", "imagegen-retention")
+JOB_NAMES = ("process-jobs-worker", "imagegen-retention", "imagegen-storage-cleanup")
 
 
 @dataclass
@@ -145,6 +145,10 @@ def test_configure_schedules_the_worker_and_the_retention_job(
     retention = jobs["imagegen-retention"]
     assert retention["command"] == "select public.prune_finished_jobs()"
     assert retention["schedule"] == "17 3 * * *"
+    # Storage retention: one cleanup-storage job a night (sql/0150_storage_cleanup.sql).
+    cleanup = jobs["imagegen-storage-cleanup"]
+    assert cleanup["command"] == "select public.enqueue_storage_cleanup()"
+    assert cleanup["schedule"] == "43 3 * * *"
     # The secret and the URL stay out of cron.job, in service_role-only settings.
     every_command = json.dumps([row["command"] for row in jobs.values()])
     assert SECRET not in every_command and receiver.url not in every_command

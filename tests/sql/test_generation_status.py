@@ -91,3 +91,21 @@ def test_another_users_generation_is_refused(conn: Conn) -> None:
 
     with pytest.raises(psycopg.Error):
         status(conn, generation_id, other)
+
+
+def test_the_count_of_jobs_ahead_stops_at_its_bound(conn: Conn) -> None:
+    """sql/0151: past `queue_position_limit` jobs ahead the position is a lower bound."""
+    alice, bob = make_user(conn), make_user(conn)
+    jobs = [start(conn, alice) for _ in range(4)]
+    conn.execute("insert into imagegen.settings (key, value) values ('queue_position_limit', '2')")
+
+    assert [status(conn, job, alice)["position"] for job in jobs] == [1, 2, 3, 3]
+    assert [status(conn, job, alice)["position_exact"] for job in jobs] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    # Bob's first job is in the first round: exact, whatever the queue behind it.
+    answer = status(conn, start(conn, bob), bob)
+    assert (answer["position"], answer["position_exact"]) == (2, True)

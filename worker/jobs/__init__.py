@@ -6,6 +6,7 @@ it makes; on failure it raises and the runner records the error (retry or fail).
 from __future__ import annotations
 
 from worker.jobs.cancel_prediction import cancel_prediction
+from worker.jobs.cleanup_storage import cleanup_storage
 from worker.jobs.context import JobContext
 from worker.jobs.download_image import download_image
 from worker.jobs.generate_image import generate_image
@@ -17,6 +18,7 @@ HANDLERS: dict[str, JobType] = {
     "generate-image": JobType(generate_image, log_fields=("generation_id", "model_id")),
     "download-image": JobType(download_image, log_fields=("generation_id", "model_id")),
     "cancel-prediction": JobType(cancel_prediction, log_fields=("generation_id", "prediction_id")),
+    "cleanup-storage": JobType(cleanup_storage),
 }
 
 __all__ = ["HANDLERS", "JobContext"]
