@@ -217,6 +217,4 @@ def install_monitor(app: FastAPI, settings: Settings) -> None:
         ("/assets/{name}", monitor.asset, "GET"),
     ]
     for path, endpoint, method in routes:
-        app.add_api_route(
-            f"{PREFIX}{path}", endpoint, methods=[method], include_in_schema=False
-        )
+        app.add_api_route(f"{PREFIX}{path}", endpoint, methods=[method], include_in_schema=False)

@@ -42,7 +42,9 @@ def served(conn: Conn, database_url: str, tmp_path: Path) -> Iterator[str]:
     ]
     conn.execute("select * from claim_jobs('old-worker', 2)")
     for job_id, message in zip(failed, FAILURES, strict=True):
-        conn.execute("select fail_job(%s, 'old-worker', %s, p_retryable => false)", (job_id, message))
+        conn.execute(
+            "select fail_job(%s, 'old-worker', %s, p_retryable => false)", (job_id, message)
+        )
     conn.execute(
         "insert into image_generations (user_id, prompt, model, status, completed_at,"
         " generation_time_seconds) values (%s, 'done', 'flux-schnell', 'completed', now(), 4.5)",
@@ -158,7 +160,9 @@ def test_the_browser_signs_in_and_draws_the_live_numbers(
             [worker] = [w for w in snapshot["workers"] if w["holding"]]
             held = page.locator("#chart-workers rect.alive")
             assert held.count() == 1 and held.get_attribute("data-value") == str(IN_FLIGHT)
-            assert worker["worker_id"] in (page.get_attribute("#chart-workers", "data-workers") or "")
+            assert worker["worker_id"] in (
+                page.get_attribute("#chart-workers", "data-workers") or ""
+            )
             failures = page.inner_text("#failures")
             assert all(message in failures for message in FAILURES)
 

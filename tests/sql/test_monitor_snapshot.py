@@ -120,9 +120,7 @@ def test_failures_rate_and_latest_messages(conn: Conn) -> None:
     claim(conn, "worker-a", 4)
     conn.execute("select complete_job(%s, p_worker_id => 'worker-a')", (jobs[0],))
     for job, message in zip(jobs[1:3], ("model exploded", "NSFW content detected"), strict=True):
-        conn.execute(
-            "select fail_job(%s, 'worker-a', %s, p_retryable => false)", (job, message)
-        )
+        conn.execute("select fail_job(%s, 'worker-a', %s, p_retryable => false)", (job, message))
     conn.execute("select fail_job(%s, 'worker-a', 'provider timed out')", (jobs[3],))
 
     s = snapshot(conn)
@@ -138,7 +136,9 @@ def test_failures_rate_and_latest_messages(conn: Conn) -> None:
         ("failed", "NSFW content detected"),
         ("retry", "provider timed out"),
     }
-    assert all(f["worker"] == "worker-a" and f["job_type"] == "generate-image" for f in s["failures"])
+    assert all(
+        f["worker"] == "worker-a" and f["job_type"] == "generate-image" for f in s["failures"]
+    )
 
 
 def test_durations_per_model_are_percentiles_of_the_hour(conn: Conn) -> None:
