@@ -20,6 +20,24 @@
 --
 -- For the service role only: the page is behind the worker secret or a service-role JWT.
 
+-- The jobs that can have been in the queue since `p_since`: the active ones and those that
+-- ended since. Three scans of the partial indexes (job_queue_pending_idx, _lease_idx,
+-- _finished_idx) instead of one of the whole table, which holds days of history. No SET
+-- clause (names qualified instead), so that the planner inlines it and reads only the
+-- columns the caller uses.
+create or replace function imagegen.monitor_jobs(p_since timestamptz)
+returns setof public.job_queue
+language sql
+stable
+as $$
+    select * from public.job_queue where status = 'pending'
+    union all
+    select * from public.job_queue where status = 'processing'
+    union all
+    select * from public.job_queue
+    where status in ('completed', 'failed', 'cancelled') and completed_at > p_since
+$$;
+
 create or replace function imagegen.monitor_series(p_start timestamptz, p_buckets integer)
 returns jsonb
 language sql
@@ -31,8 +49,7 @@ as $$
     -- summed per sample, then a running sum (linear in the rows, whatever the queue's size).
     with jobs as (
         select id, job_type, status, created_at, started_at, completed_at, attempt_history
-        from job_queue
-        where status in ('pending', 'processing') or completed_at > p_start
+        from imagegen.monitor_jobs(p_start)
     ),
     alive as (
         select job_type, created_at as enter,
@@ -56,9 +73,10 @@ as $$
     ),
     indexed as (
         select job_type, kind,
-               greatest(0, ceil(extract(epoch from enter - p_start) / 60))::integer as first,
+               -- date_part: double precision; extract's numeric is several times slower here.
+               greatest(0, ceil(date_part('epoch', enter - p_start) / 60))::integer as first,
                case when leave is null then p_buckets + 1
-                    else greatest(0, ceil(extract(epoch from leave - p_start) / 60))::integer
+                    else greatest(0, ceil(date_part('epoch', leave - p_start) / 60))::integer
                end as stop
         from events
     ),
@@ -120,15 +138,17 @@ declare
 begin
     select jsonb_build_object(
         'provider', 'replicate',
+        -- An attempt begun in the last minute has ended since (it is in attempt_history)
+        -- or is running (started_at).
         'creates_last_minute', (
-            select count(*) from job_queue j
-            where j.job_type = 'generate-image' and j.started_at > v_now - interval '1 minute'
-        ) + (
-            select count(*) from job_queue j, jsonb_array_elements(j.attempt_history) a
-            where j.job_type = 'generate-image'
-              and j.updated_at > v_now - interval '1 minute'
-              and (a ->> 'started_at')::timestamptz > v_now - interval '1 minute'
-              and (a ->> 'started_at')::timestamptz is distinct from j.started_at
+            select count(*) filter (where j.status = 'processing'
+                                      and j.started_at > v_now - interval '1 minute')
+                   + coalesce(sum((
+                       select count(*) from jsonb_array_elements(j.attempt_history) a
+                       where (a ->> 'started_at')::timestamptz > v_now - interval '1 minute')),
+                       0)
+            from imagegen.monitor_jobs(v_now - interval '1 minute') j
+            where j.job_type = 'generate-image' and j.attempts > 0
         ),
         'predictions_running', (
             select count(*) from image_generations
@@ -156,8 +176,10 @@ begin
             'now', (select coalesce(jsonb_agg(to_jsonb(d) order by d.job_type, d.status),
                                     '[]'::jsonb)
                     from queue_depth() d),
-            'pending', (select count(*) from job_queue where status = 'pending'),
-            'processing', (select count(*) from job_queue where status = 'processing'),
+            'pending', (select coalesce(sum(d.count), 0) from queue_depth() d
+                        where d.status = 'pending'),
+            'processing', (select coalesce(sum(d.count), 0) from queue_depth() d
+                           where d.status = 'processing'),
             -- Depth sampled at the end of each bucket: the last sample is now.
             'series', imagegen.monitor_series(v_start + interval '1 minute', c_buckets - 1)),
         'throughput', (
@@ -199,9 +221,9 @@ begin
                            'outcome', a -> 'outcome', 'error', a -> 'error',
                            'error_kind', a -> 'error_kind', 'finished_at', a -> 'finished_at'
                        ) as f
-                from job_queue j, jsonb_array_elements(j.attempt_history) a
-                where j.updated_at >= v_start
-                  and a ->> 'outcome' in ('retry', 'failed', 'lost')
+                from imagegen.monitor_jobs(v_start) j, jsonb_array_elements(j.attempt_history) a
+                where a ->> 'outcome' in ('retry', 'failed', 'lost')
+                  and (a ->> 'finished_at')::timestamptz >= v_start
                 order by (a ->> 'finished_at')::timestamptz desc
                 limit c_failures
             ) latest),
@@ -222,15 +244,20 @@ begin
                 group by coalesce(model, '(unknown)')
             ) m),
         'workers', (
-            select coalesce(jsonb_agg(jsonb_build_object(
-                       'worker_id', w.worker_id,
-                       'registered_at', w.registered_at,
-                       'alive', w.alive,
-                       'holding', coalesce(h.n, 0),
-                       'lease_until', h.lease_until,
-                       'jobs', coalesce(h.jobs, '[]'::jsonb))
-                   order by w.worker_id), '[]'::jsonb)
-            from (
+            with held as (
+                select locked_by as worker_id, count(*) as n, max(locked_until) as lease_until,
+                       jsonb_agg(jsonb_build_object(
+                                     'job_id', id, 'job_type', job_type, 'attempt', attempts,
+                                     'started_at', started_at)
+                                 order by started_at) filter (where rank <= c_jobs_listed)
+                           as jobs
+                from (select *, row_number() over (partition by locked_by order by started_at)
+                                    as rank
+                      from job_queue
+                      where status = 'processing' and locked_by is not null) p
+                group by locked_by
+            ),
+            registered as (
                 select s.worker_id, s.registered_at,
                        exists (select from pg_locks l
                                where l.locktype = 'advisory' and l.granted
@@ -238,32 +265,24 @@ begin
                                  and l.classid = ((s.lock_key >> 32) & 4294967295)::oid
                                  and l.objid = (s.lock_key & 4294967295)::oid) as alive
                 from imagegen.worker_sessions s
-                union all
-                -- Holding jobs without registering (PostgREST gateway, the old worker):
-                -- alive unknown.
-                select distinct j.locked_by, null::timestamptz, null::boolean
-                from job_queue j
-                where j.status = 'processing' and j.locked_by is not null
-                  and not exists (select from imagegen.worker_sessions s
-                                  where s.worker_id = j.locked_by)
-            ) w
-            left join lateral (
-                select count(*) as n, max(j.locked_until) as lease_until,
-                       (select jsonb_agg(jsonb_build_object(
-                                   'job_id', k.id, 'job_type', k.job_type,
-                                   'attempt', k.attempts, 'started_at', k.started_at)
-                               order by k.started_at)
-                        from (select id, job_type, attempts, started_at from job_queue
-                              where status = 'processing' and locked_by = w.worker_id
-                              order by started_at limit c_jobs_listed) k) as jobs
-                from job_queue j
-                where j.status = 'processing' and j.locked_by = w.worker_id
-            ) h on true),
+            )
+            -- A worker holding jobs without registering (the PostgREST gateway, the old
+            -- worker): alive unknown (null).
+            select coalesce(jsonb_agg(jsonb_build_object(
+                       'worker_id', worker_id,
+                       'registered_at', r.registered_at,
+                       'alive', r.alive,
+                       'holding', coalesce(h.n, 0),
+                       'lease_until', h.lease_until,
+                       'jobs', coalesce(h.jobs, '[]'::jsonb))
+                   order by worker_id), '[]'::jsonb)
+            from registered r full join held h using (worker_id)),
         'provider', v_provider
     );
 end
 $$;
 
+revoke all on function imagegen.monitor_jobs(timestamptz) from public, anon, authenticated;
 revoke all on function imagegen.monitor_series(timestamptz, integer)
     from public, anon, authenticated;
 revoke all on function public.monitor_snapshot() from public, anon, authenticated;
