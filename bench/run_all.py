@@ -25,6 +25,7 @@ BENCHMARKS = (
     "scale_out",
     "crash_recovery",
     "flood",
+    "monitor_snapshot",
 )
 
 
