@@ -3,6 +3,8 @@ derived from the worker secret."""
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from api.monitor import SESSION_SECONDS, SessionCookies, session_key
 from worker.settings import Settings
 
@@ -27,9 +29,9 @@ def test_a_changed_expiry_signature_or_key_is_refused() -> None:
 
 
 def test_the_key_follows_the_worker_secret() -> None:
-    one = session_key(Settings(worker_secret="secret-one-0123456789"))
-    again = session_key(Settings(worker_secret="secret-one-0123456789"))
-    other = session_key(Settings(worker_secret="secret-two-0123456789"))
+    one = session_key(Settings(worker_secret=SecretStr("secret-one-0123456789")))
+    again = session_key(Settings(worker_secret=SecretStr("secret-one-0123456789")))
+    other = session_key(Settings(worker_secret=SecretStr("secret-two-0123456789")))
 
     assert one == again != other
     assert b"secret-one" not in one
