@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 PG_LIB := /usr/lib/postgresql/15/lib
-APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv
+APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv chromium
 
 .PHONY: test lint typecheck pytest torture bench bench-quick system-deps venv clean schema-snapshot
 
@@ -44,9 +44,10 @@ bench-quick: system-deps venv
 schema-snapshot: system-deps venv
 	$(BIN)/python -m tests.support.schema_snapshot
 
-# Installs the Debian packages only when one of their files is missing.
+# Installs the Debian packages only when one of their files is missing. chromium: the
+# monitor page's browser test (tests/integration/test_dashboard.py) drives /usr/bin/chromium.
 system-deps:
-	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] \
+	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] || [ ! -x /usr/bin/chromium ] \
 	    || [ ! -f $(PG_LIB)/plpython3.so ] || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	    echo "==> installing Debian packages: $(APT_PACKAGES)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \

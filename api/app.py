@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.auth import AuthenticatedUser, AuthError, TokenVerifier, verify_worker_secret
 from api.docs import install_docs
 from api.limits import RequestLimits
+from api.monitor import install_monitor
 from worker.database import Database
 from worker.errors import ImagegenError, UserFacingError
 from worker.gateway import DatabaseError, GatewayUnavailable
@@ -712,6 +713,7 @@ def create_app(
         redoc_url=None,
     )
     install_docs(app)
+    install_monitor(app, settings)  # /dashboard, the operators' monitor page
     routes: list[tuple[str, Endpoint, list[str]]] = [
         ("start-generation", start_generation, ["POST"]),
         ("process-jobs", process_jobs, ["POST", "GET"]),

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "cancellation",
     "provider_limit",
     "queue_position",
+    "monitor_snapshot",
 )
 
 

@@ -613,6 +613,125 @@ begin
 end
 $$;
 
+CREATE TABLE public.job_queue (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    job_type text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    scheduled_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    error_message text,
+    error_details jsonb,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    locked_by text,
+    locked_until timestamp with time zone,
+    result jsonb,
+    dedupe_key text,
+    turn bigint DEFAULT 0 NOT NULL,
+    attempt_history jsonb DEFAULT '[]'::jsonb NOT NULL,
+    CONSTRAINT job_queue_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT job_queue_job_type_check CHECK ((job_type ~ '^[a-z][a-z0-9-]{0,62}$'::text)),
+    CONSTRAINT job_queue_max_attempts_check CHECK ((max_attempts > 0)),
+    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+CREATE FUNCTION imagegen.monitor_jobs(p_since timestamp with time zone) RETURNS SETOF public.job_queue
+    LANGUAGE sql STABLE
+    AS $$
+    select * from public.job_queue where status = 'pending'
+    union all
+    select * from public.job_queue where status = 'processing'
+    union all
+    select * from public.job_queue
+    where status in ('completed', 'failed', 'cancelled') and completed_at > p_since
+$$;
+
+CREATE FUNCTION imagegen.monitor_series(p_start timestamp with time zone, p_buckets integer) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    -- Sample i (0..p_buckets) is taken at p_start + i minutes. An interval [enter, leave)
+    -- counts at the samples from ceil(enter) to before ceil(leave): +1 and -1 events,
+    -- summed per sample, then a running sum (linear in the rows, whatever the queue's size).
+    with jobs as (
+        select id, job_type, status, created_at, started_at, completed_at, attempt_history
+        from imagegen.monitor_jobs(p_start)
+    ),
+    alive as (
+        select job_type, created_at as enter,
+               case when status in ('pending', 'processing') then null else completed_at end
+                   as leave
+        from jobs
+    ),
+    attempts as (
+        select j.job_type, (a ->> 'started_at')::timestamptz as enter,
+               (a ->> 'finished_at')::timestamptz as leave
+        from jobs j, jsonb_array_elements(j.attempt_history) a
+        where a ? 'started_at'
+        union all
+        select job_type, started_at, null from jobs
+        where status = 'processing' and started_at is not null
+    ),
+    events as (
+        select job_type, 'alive' as kind, enter, leave from alive
+        union all
+        select job_type, 'processing', enter, leave from attempts
+    ),
+    indexed as (
+        select job_type, kind,
+               -- date_part: double precision; extract's numeric is several times slower here.
+               greatest(0, ceil(date_part('epoch', enter - p_start) / 60))::integer as first,
+               case when leave is null then p_buckets + 1
+                    else greatest(0, ceil(date_part('epoch', leave - p_start) / 60))::integer
+               end as stop
+        from events
+    ),
+    deltas as (
+        select job_type, kind, first as i, 1 as d from indexed
+        where first < stop and first <= p_buckets
+        union all
+        select job_type, kind, stop, -1 from indexed
+        where first < stop and stop <= p_buckets
+    ),
+    types as (select distinct job_type from deltas),
+    grid as (
+        select t.job_type, k.kind, i
+        from types t, (values ('alive'), ('processing')) k (kind),
+             generate_series(0, p_buckets) i
+    ),
+    counts as (
+        select g.job_type, g.kind, g.i,
+               sum(coalesce(d.total, 0)) over (
+                   partition by g.job_type, g.kind order by g.i) as n
+        from grid g
+        left join (select job_type, kind, i, sum(d) as total from deltas
+                   group by job_type, kind, i) d using (job_type, kind, i)
+    ),
+    per_type as (
+        select a.job_type, a.i, a.n - p.n as pending, p.n as processing
+        from counts a
+        join counts p on p.job_type = a.job_type and p.i = a.i and p.kind = 'processing'
+        where a.kind = 'alive'
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'job_type', job_type,
+               'pending', pending_list,
+               'processing', processing_list) order by job_type), '[]'::jsonb)
+    from (
+        select job_type,
+               jsonb_agg(greatest(pending, 0) order by i) as pending_list,
+               jsonb_agg(processing order by i) as processing_list
+        from per_type
+        group by job_type
+    ) s
+$$;
+
 CREATE FUNCTION imagegen.price_completed_generation() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1112,34 +1231,6 @@ CREATE FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer DEFAULT 
     from imagegen.rate_limits(p_user_id, greatest(coalesce(p_count, 1), 1)) l
     where p_user_id = auth.uid() or auth.role() = 'service_role'
 $$;
-
-CREATE TABLE public.job_queue (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    job_type text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    max_attempts integer DEFAULT 3 NOT NULL,
-    priority integer DEFAULT 0 NOT NULL,
-    scheduled_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    completed_at timestamp with time zone,
-    error_message text,
-    error_details jsonb,
-    created_by uuid,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    locked_by text,
-    locked_until timestamp with time zone,
-    result jsonb,
-    dedupe_key text,
-    turn bigint DEFAULT 0 NOT NULL,
-    attempt_history jsonb DEFAULT '[]'::jsonb NOT NULL,
-    CONSTRAINT job_queue_attempts_check CHECK ((attempts >= 0)),
-    CONSTRAINT job_queue_job_type_check CHECK ((job_type ~ '^[a-z][a-z0-9-]{0,62}$'::text)),
-    CONSTRAINT job_queue_max_attempts_check CHECK ((max_attempts > 0)),
-    CONSTRAINT job_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
-);
 
 CREATE FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer DEFAULT 300) RETURNS SETOF public.job_queue
     LANGUAGE sql SECURITY DEFINER
@@ -1867,6 +1958,166 @@ CREATE FUNCTION public.list_models() RETURNS SETOF public.models
     AS $$
     select * from models where is_active order by sort_order, name
 $$;
+
+CREATE FUNCTION public.monitor_snapshot() RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    c_buckets constant integer := 60;  -- minutes shown
+    c_failures constant integer := 10;  -- latest failure messages
+    c_jobs_listed constant integer := 20;  -- held jobs listed per worker
+    v_now timestamptz := now();
+    -- Minute buckets [v_start + i, v_start + i + 1), i < c_buckets: the last ends now.
+    v_start timestamptz := now() - make_interval(mins => c_buckets);
+    v_provider jsonb;
+    v_limit jsonb;
+begin
+    select jsonb_build_object(
+        'provider', 'replicate',
+        -- An attempt begun in the last minute has ended since (it is in attempt_history)
+        -- or is running (started_at).
+        'creates_last_minute', (
+            select count(*) filter (where j.status = 'processing'
+                                      and j.started_at > v_now - interval '1 minute')
+                   + coalesce(sum((
+                       select count(*) from jsonb_array_elements(j.attempt_history) a
+                       where (a ->> 'started_at')::timestamptz > v_now - interval '1 minute')),
+                       0)
+            from imagegen.monitor_jobs(v_now - interval '1 minute') j
+            where j.job_type = 'generate-image' and j.attempts > 0
+        ),
+        'predictions_running', (
+            select count(*) from image_generations
+            where status = 'processing' and replicate_prediction_id is not null
+        ),
+        'limit_per_minute', null,
+        'paused_until', null
+    ) into v_provider;
+
+    if to_regclass('imagegen.provider_limits') is not null then
+        execute $q$
+            select jsonb_build_object(
+                'limit_per_minute', nullif(creates_per_minute, 0),
+                'paused_until', case when paused_until > now() then paused_until end)
+            from imagegen.provider_limits where provider = 'replicate'
+        $q$ into v_limit;
+        v_provider := v_provider || coalesce(v_limit, '{}'::jsonb);
+    end if;
+
+    return jsonb_build_object(
+        'generated_at', v_now,
+        'window', jsonb_build_object(
+            'start', v_start, 'minutes', c_buckets, 'bucket_seconds', 60),
+        'queue', jsonb_build_object(
+            'now', (select coalesce(jsonb_agg(to_jsonb(d) order by d.job_type, d.status),
+                                    '[]'::jsonb)
+                    from queue_depth() d),
+            'pending', (select coalesce(sum(d.count), 0) from queue_depth() d
+                        where d.status = 'pending'),
+            'processing', (select coalesce(sum(d.count), 0) from queue_depth() d
+                           where d.status = 'processing'),
+            -- Depth sampled at the end of each bucket: the last sample is now.
+            'series', imagegen.monitor_series(v_start + interval '1 minute', c_buckets - 1)),
+        'throughput', (
+            select jsonb_build_object(
+                'completed', count(*) filter (where status = 'completed'),
+                'failed', count(*) filter (where status = 'failed'),
+                'failure_rate', round(count(*) filter (where status = 'failed')::numeric
+                                      / nullif(count(*), 0), 4),
+                'per_minute', (
+                    select jsonb_agg(jsonb_build_object('completed', b.completed,
+                                                        'failed', b.failed) order by b.i)
+                    from (
+                        select i,
+                               count(j.id) filter (where j.status = 'completed') as completed,
+                               count(j.id) filter (where j.status = 'failed') as failed
+                        from generate_series(0, c_buckets - 1) i
+                        left join job_queue j
+                            on j.status in ('completed', 'failed')
+                           and j.completed_at >= v_start + make_interval(mins => i)
+                           and j.completed_at < v_start + make_interval(mins => i + 1)
+                        group by i
+                    ) b),
+                'by_type', (
+                    select coalesce(jsonb_agg(jsonb_build_object(
+                               'job_type', t.job_type, 'completed', t.completed,
+                               'failed', t.failed,
+                               'failure_rate', round(t.failed::numeric
+                                                     / nullif(t.completed + t.failed, 0), 4))
+                           order by t.job_type), '[]'::jsonb)
+                    from queue_throughput t))
+            from job_queue
+            where status in ('completed', 'failed') and completed_at >= v_start),
+        'failures', (
+            select coalesce(jsonb_agg(f order by f ->> 'finished_at' desc), '[]'::jsonb)
+            from (
+                select jsonb_build_object(
+                           'job_id', j.id, 'job_type', j.job_type,
+                           'attempt', a -> 'attempt', 'worker', a -> 'worker',
+                           'outcome', a -> 'outcome', 'error', a -> 'error',
+                           'error_kind', a -> 'error_kind', 'finished_at', a -> 'finished_at'
+                       ) as f
+                from imagegen.monitor_jobs(v_start) j, jsonb_array_elements(j.attempt_history) a
+                where a ->> 'outcome' in ('retry', 'failed', 'lost')
+                  and (a ->> 'finished_at')::timestamptz >= v_start
+                order by (a ->> 'finished_at')::timestamptz desc
+                limit c_failures
+            ) latest),
+        'durations', (
+            select coalesce(jsonb_agg(jsonb_build_object(
+                       'model', model, 'count', n,
+                       'p50_seconds', round(p50::numeric, 2),
+                       'p95_seconds', round(p95::numeric, 2)) order by model), '[]'::jsonb)
+            from (
+                select coalesce(model, '(unknown)') as model, count(*) as n,
+                       percentile_cont(0.5) within group (order by generation_time_seconds)
+                           as p50,
+                       percentile_cont(0.95) within group (order by generation_time_seconds)
+                           as p95
+                from image_generations
+                where status = 'completed' and completed_at >= v_start
+                  and generation_time_seconds is not null
+                group by coalesce(model, '(unknown)')
+            ) m),
+        'workers', (
+            with held as (
+                select locked_by as worker_id, count(*) as n, max(locked_until) as lease_until,
+                       jsonb_agg(jsonb_build_object(
+                                     'job_id', id, 'job_type', job_type, 'attempt', attempts,
+                                     'started_at', started_at)
+                                 order by started_at) filter (where rank <= c_jobs_listed)
+                           as jobs
+                from (select *, row_number() over (partition by locked_by order by started_at)
+                                    as rank
+                      from job_queue
+                      where status = 'processing' and locked_by is not null) p
+                group by locked_by
+            ),
+            registered as (
+                select s.worker_id, s.registered_at,
+                       exists (select from pg_locks l
+                               where l.locktype = 'advisory' and l.granted
+                                 and l.objsubid = 1
+                                 and l.classid = ((s.lock_key >> 32) & 4294967295)::oid
+                                 and l.objid = (s.lock_key & 4294967295)::oid) as alive
+                from imagegen.worker_sessions s
+            )
+            -- A worker holding jobs without registering (the PostgREST gateway, the old
+            -- worker): alive unknown (null).
+            select coalesce(jsonb_agg(jsonb_build_object(
+                       'worker_id', worker_id,
+                       'registered_at', r.registered_at,
+                       'alive', r.alive,
+                       'holding', coalesce(h.n, 0),
+                       'lease_until', h.lease_until,
+                       'jobs', coalesce(h.jobs, '[]'::jsonb))
+                   order by worker_id), '[]'::jsonb)
+            from registered r full join held h using (worker_id)),
+        'provider', v_provider
+    );
+end
+$_$;
 
 CREATE FUNCTION public.nudge_workers() RETURNS void
     LANGUAGE sql SECURITY DEFINER
@@ -3033,6 +3284,13 @@ REVOKE ALL ON FUNCTION imagegen.is_blank(p_text text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.keep_batch_counts() FROM PUBLIC;
 
+GRANT SELECT ON TABLE public.job_queue TO authenticated;
+GRANT ALL ON TABLE public.job_queue TO service_role;
+
+REVOKE ALL ON FUNCTION imagegen.monitor_jobs(p_since timestamp with time zone) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.monitor_series(p_start timestamp with time zone, p_buckets integer) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION imagegen.price_completed_generation() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.publish_events(p_messages jsonb[]) FROM PUBLIC;
@@ -3117,9 +3375,6 @@ GRANT ALL ON FUNCTION public.cancel_owned_generation(p_generation_id uuid, p_use
 REVOKE ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) TO authenticated;
 GRANT ALL ON FUNCTION public.check_rate_limit(p_user_id uuid, p_count integer) TO service_role;
-
-GRANT SELECT ON TABLE public.job_queue TO authenticated;
-GRANT ALL ON TABLE public.job_queue TO service_role;
 
 REVOKE ALL ON FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.claim_generation_job(p_generation_id uuid, p_worker_id text, p_lease_seconds integer) TO service_role;
@@ -3208,6 +3463,9 @@ GRANT ALL ON TABLE public.models TO service_role;
 
 REVOKE ALL ON FUNCTION public.list_models() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.list_models() TO service_role;
+
+REVOKE ALL ON FUNCTION public.monitor_snapshot() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.monitor_snapshot() TO service_role;
 
 REVOKE ALL ON FUNCTION public.nudge_workers() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.nudge_workers() TO service_role;

@@ -472,6 +472,10 @@ class Database:
     async def queue_depth(self) -> list[dict[str, Any]]:
         return await self._rows("queue_depth")
 
+    async def monitor_snapshot(self) -> dict[str, Any]:
+        """What the operators' monitor page shows (sql/0140_monitor_snapshot.sql)."""
+        return dict(await self._scalar("monitor_snapshot"))
+
     async def get_generation(
         self, generation_id: uuid.UUID, user_id: uuid.UUID
     ) -> dict[str, Any] | None:
