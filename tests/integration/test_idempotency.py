@@ -15,11 +15,11 @@ import httpx
 import psycopg
 import pytest
 
-from api.app import create_app
+from devstack.postgres import free_port
 from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.support.background_server import BackgroundServer
 from tests.support.stack import Stack, run_stack
+from tests.support.workers import spawn_api
 
 JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"
 FLUX = "black-forest-labs/flux-schnell"
@@ -34,16 +34,22 @@ def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def servers(stack: Stack) -> Iterator[list[str]]:
-    """Two API processes' worth: two apps, each with its own pool, on two uvicorn servers
-    (API only: the generations stay queued, so the rows counted are the starts')."""
+def servers(stack: Stack, tmp_path: Path) -> Iterator[list[str]]:
+    """Two API processes (`imagegen api`, each its own pool) on one database; API only: the
+    generations stay queued, so the rows counted are the starts'."""
     # One client sends every request of the race at once: the per-client cap is lifted.
     settings = stack.settings(supabase_jwt_secret=JWT_SECRET, max_requests_in_flight_per_client=64)
-    with (
-        BackgroundServer(create_app(settings, run_jobs=False)) as one,
-        BackgroundServer(create_app(settings, run_jobs=False)) as two,
-    ):
-        yield [one.url, two.url]
+    ports = [free_port(), free_port()]
+    processes = []
+    try:
+        for n, port in enumerate(ports):
+            processes.append(spawn_api(settings, port, tmp_path / f"api-{n}.log"))
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
 
 
 def post(url: str, name: str, token: str, body: Any, key: str | None) -> httpx.Response:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 from psycopg.rows import dict_row
+from pydantic import SecretStr
 
 from tests.support.stack import Stack
 from worker.service import open_worker
@@ -97,6 +98,39 @@ def spawn_worker(settings: Settings, log_file: Path, **env: str) -> subprocess.P
             stdout=subprocess.DEVNULL,
             stderr=sink,
         )
+
+
+def settings_env(settings: Settings, **env: str) -> dict[str, str]:
+    """This environment less any imagegen setting, plus `settings` as variables (secrets
+    included; the worker id is each process's own), plus `env`."""
+    variables = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    for name, value in settings.model_dump(exclude={"worker_id"}).items():
+        if value is not None:
+            secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+            variables[name.upper()] = str(secret)
+    return variables | env
+
+
+def spawn_api(settings: Settings, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+    """`imagegen api` as its own process on 127.0.0.1:`port`, answering once /health does."""
+    env = settings_env(settings, HOST="127.0.0.1", PORT=str(port), LOG_FORMAT="json")
+    with log_file.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "api"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log_file.read_text(errors="replace")[-2000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "imagegen api did not come up"
+        time.sleep(0.1)
 
 
 def simulator_predictions(stack: Stack) -> list[dict[str, Any]]:
