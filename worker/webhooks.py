@@ -79,7 +79,11 @@ def sign(key: bytes, webhook_id: str, timestamp: int | str, body: bytes) -> str:
 
 
 def verify_delivery(
-    headers: Mapping[str, str], body: bytes, key: bytes, now: float, tolerance: int = TOLERANCE_SECONDS
+    headers: Mapping[str, str],
+    body: bytes,
+    key: bytes,
+    now: float,
+    tolerance: int = TOLERANCE_SECONDS,
 ) -> str:
     """The delivery's webhook-id when it is signed with `key` and recent; else raises
     WebhookRefused. Signatures are compared in constant time."""
