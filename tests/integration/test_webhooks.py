@@ -23,7 +23,7 @@ import structlog
 from api.app import create_app
 from devstack.postgres import free_port
 from devstack.simulator import DEV_WEBHOOK_SECRET, SimulatorConfig
-from tests.conftest import make_user
+from tests.conftest import make_user, signed_in
 from tests.support.background_server import BackgroundServer
 from tests.support.stack import Stack, run_stack
 from worker.logs import configure_logging
@@ -148,9 +148,18 @@ def test_the_model_runs_without_a_worker_slot(conn: Conn, hooked: Hooked) -> Non
     assert_each_ended_once(conn, ids, hooked)
     stats = hooked.stats()
     assert stats["webhooks_sent"] == COUNT
-    # Woken by the delivery, not by the fallback (3 + 1 s): one GET each when woken.
     deliveries = conn.execute("select count(*) from imagegen.webhook_deliveries").fetchone()
     assert deliveries == {"count": COUNT}
+    # Each job was woken by its delivery, not by its fallback (3 + 1 s after the create):
+    # made due when the process-webhook job ran, which found it waiting.
+    woken = conn.execute(
+        "select g.scheduled_at <= w.completed_at as by_webhook, w.result ->> 'outcome' as outcome"
+        " from job_queue w join image_generations i"
+        "   on i.replicate_prediction_id = w.payload ->> 'prediction_id'"
+        " join job_queue g on g.dedupe_key = 'generate-image:' || i.id"
+        " where w.job_type = 'process-webhook'"
+    ).fetchall()
+    assert woken == [{"by_webhook": True, "outcome": "woken"}] * COUNT
 
 
 @pytest.mark.parametrize(
@@ -176,7 +185,12 @@ def test_each_delivery_fault_ends_every_generation_once(
     ids = start(conn)
     assert_each_ended_once(conn, ids, hooked)
     stats = hooked.stats()
+    deadline = time.monotonic() + 10
+    while stats[counter] < COUNT and time.monotonic() < deadline:  # a late one still coming
+        time.sleep(0.2)
+        stats = hooked.stats()
     assert stats[counter] == COUNT, (fault, stats)
+    assert_each_ended_once(conn, ids, hooked)  # and what came after changed nothing
     if fault in ("bad signature", "stale timestamp"):
         assert stats["webhooks_refused"] == COUNT
         deliveries = conn.execute("select count(*) from imagegen.webhook_deliveries").fetchone()
@@ -218,7 +232,12 @@ def test_a_cancelled_generation_stays_cancelled(conn: Conn, hooked: Hooked) -> N
         if row and row["replicate_prediction_id"]:
             break
         time.sleep(0.05)
-    conn.execute("select cancel_generation(%s)", (generation,))
+    owner = conn.execute(
+        "select user_id from image_generations where id = %s", (generation,)
+    ).fetchone()
+    assert owner is not None
+    with signed_in(conn, owner["user_id"]):  # the apps' cancel (docs/CLIENTS.md)
+        conn.execute("select cancel_generation(%s)", (generation,))
     time.sleep(5)  # the cancel's delivery and the fallback poll both come and go
     row = conn.execute(
         "select status from image_generations where id = %s", (generation,)
