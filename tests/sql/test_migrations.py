@@ -89,7 +89,7 @@ def test_an_edited_applied_migration_is_refused(
     before = recorded(empty_database_url)
     edited = migrations_copy / "0001_baseline.sql"
     edited.write_text(edited.read_text() + "\n-- a quiet change\n")
-    (migrations_copy / "0099_later.sql").write_text("create table public.later (id int);\n")
+    (migrations_copy / "9999_later.sql").write_text("create table public.later (id int);\n")
 
     with pytest.raises(MigrationError, match=r"0001_baseline\.sql was edited"):
         migrate(empty_database_url, migrations_copy)
@@ -117,27 +117,27 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(
     empty_database_url: str, migrations_copy: Path
 ) -> None:
     migrate(empty_database_url, migrations_copy)
-    broken = migrations_copy / "0099_broken.sql"
+    broken = migrations_copy / "9999_broken.sql"
     broken.write_text("create table public.half_done (id int);\nselect 1 / 0;\n")
 
-    with pytest.raises(MigrationError, match=r"0099_broken\.sql failed: division by zero"):
+    with pytest.raises(MigrationError, match=r"9999_broken\.sql failed: division by zero"):
         migrate(empty_database_url, migrations_copy)
-    assert "0099_broken.sql" not in recorded(empty_database_url)
+    assert "9999_broken.sql" not in recorded(empty_database_url)
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("select to_regclass('public.half_done')").fetchone() == (None,)
 
     broken.write_text("create table public.half_done (id int);\n")
-    assert migrate(empty_database_url, migrations_copy) == ["0099_broken.sql"]
+    assert migrate(empty_database_url, migrations_copy) == ["9999_broken.sql"]
 
 
 def test_a_failure_in_a_later_file_rolls_back_the_whole_run(
     empty_database_url: str, migrations_copy: Path
 ) -> None:
     """All pending files are one transaction: the baseline applied before is undone too."""
-    (migrations_copy / "0099_broken.sql").write_text("select 1 / 0;\n")
+    (migrations_copy / "9999_broken.sql").write_text("select 1 / 0;\n")
     with pytest.raises(MigrationError) as refused:
         migrate(empty_database_url, migrations_copy)
-    assert "0099_broken.sql failed: division by zero" in str(refused.value)
+    assert "9999_broken.sql failed: division by zero" in str(refused.value)
     applied_before = ", ".join(MIGRATION_NAMES)
     assert f"nothing was applied ({applied_before} rolled back too)" in str(refused.value)
     with psycopg.connect(empty_database_url) as conn:

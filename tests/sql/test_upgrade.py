@@ -112,7 +112,7 @@ def test_a_broken_migration_leaves_the_old_database_as_it_was(
 ) -> None:
     migrations = tmp_path / "sql"
     shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "0099_broken.sql").write_text(
+    (migrations / "9999_broken.sql").write_text(
         "alter table public.images add column half_done int;\nselect no_such_function();\n"
     )
     schema, rows = dump_schema(empty_database_url), old_rows(old_conn)
@@ -120,7 +120,7 @@ def test_a_broken_migration_leaves_the_old_database_as_it_was(
     with pytest.raises(MigrationError) as refused:
         migrate(empty_database_url, migrations)
     message = str(refused.value)
-    assert "migration 0099_broken.sql failed: function no_such_function() does not exist" in (
+    assert "migration 9999_broken.sql failed: function no_such_function() does not exist" in (
         message
     )
     assert f"nothing was applied ({', '.join(MIGRATION_NAMES)} rolled back too)" in message
