@@ -37,6 +37,7 @@ from worker.generation import run_prediction
 from worker.models import GenerationParams
 from worker.service import Worker, open_worker
 from worker.settings import Settings
+from worker.webhooks import WebhookRefused, signing_key, verify_delivery
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,7 @@ CORS_HEADERS = {
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; our bodies need 2
 FUNCTIONS = "/functions/v1"
+WEBHOOKS_IN_FLIGHT = 256  # deliveries handled at once (each is one short transaction)
 
 HTTP_LATENCY = Histogram(
     "imagegen_http_request_duration_seconds",
@@ -415,6 +417,37 @@ async def _run_until_ended(
         delay = min(delay * 1.5, 0.5)
 
 
+async def replicate_webhook(request: Request) -> Response:
+    """A Replicate delivery: verified (worker/webhooks.py), then recorded and turned into a
+    process-webhook job in one transaction (sql/0130_replicate_webhooks.sql). A refusal is
+    a 401 and one warning line, which names the reason, never the secret or signature."""
+    service = _service(request)
+    body = await request.body()
+    secret = service.settings.replicate_webhook_secret
+    try:
+        if secret is None:
+            raise WebhookRefused("no REPLICATE_WEBHOOK_SECRET is configured")
+        webhook_id = verify_delivery(
+            request.headers, body, signing_key(secret.get_secret_value()), time.time()
+        )
+    except WebhookRefused as exc:
+        log.warning(
+            "webhook refused",
+            reason=exc.reason,
+            webhook_id=request.headers.get("webhook-id", "")[:80],
+            client=request.client.host if request.client else None,
+        )
+        raise ClientError(401, f"Webhook refused: {exc.reason}") from exc
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise ClientError(400, "The delivery must be a JSON object")
+    try:
+        accepted = await service.worker.db.accept_webhook(webhook_id, payload)
+    except (DatabaseError, GatewayUnavailable) as exc:
+        raise _database_failure(exc) from exc
+    return JSONResponse({"success": True, "accepted": accepted})
+
+
 class BatchPrompt(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -724,6 +757,7 @@ def create_app(
         ("get-generation", get_generation, ["GET"]),
         ("cancel-generation", cancel_generation, ["POST"]),
         ("list-models", list_models, ["GET"]),
+        ("replicate-webhook", replicate_webhook, ["POST"]),
     ]
     for name, endpoint, methods in routes:
         for method in methods:
@@ -746,6 +780,8 @@ def create_app(
         max_body_bytes=MAX_BODY_BYTES,
         acquire_timeout=settings.database_request_timeout_seconds,
         patient=(f"{FUNCTIONS}/process-jobs",),
+        # Replicate's deliveries carry no Authorization: they share a cap of their own.
+        own_caps={f"{FUNCTIONS}/replicate-webhook": WEBHOOKS_IN_FLIGHT},
     )
     app.add_middleware(EdgeMiddleware)
 

@@ -103,7 +103,8 @@ def limited_httptools_protocol() -> type[Any]:
 class RequestLimits:
     """For the endpoints under `prefix`, before any work: a declared body over
     `max_body_bytes` is a 413; past `per_client` requests in flight per Authorization
-    header value a 429. Their database calls wait at most
+    header value a 429 (a path of `own_caps`: past its own cap for all its callers
+    together). Their database calls wait at most
     `acquire_timeout` seconds for a pooled connection (an outage is a quick 503), except
     on the `patient` paths (process-jobs runs jobs, which wait as the runner's do)."""
 
@@ -116,6 +117,7 @@ class RequestLimits:
         max_body_bytes: int,
         acquire_timeout: float,
         patient: tuple[str, ...] = (),
+        own_caps: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.prefix = prefix
@@ -123,6 +125,7 @@ class RequestLimits:
         self.max_body_bytes = max_body_bytes
         self.acquire_timeout = acquire_timeout
         self.patient = patient
+        self.own_caps = own_caps or {}
         self._in_flight: dict[bytes, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,8 +141,12 @@ class RequestLimits:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await _refuse(send, 413, b"Request body too large")
             return
+        cap = self.per_client
+        if scope["path"] in self.own_caps:
+            # Callers without a credential of their own (webhooks): one cap for the path.
+            key, cap = b"path:" + scope["path"].encode(), self.own_caps[scope["path"]]
         count = self._in_flight.get(key, 0)
-        if count >= self.per_client:
+        if count >= cap:
             await asyncio.sleep(REFUSAL_DELAY_SECONDS)
             await _refuse(
                 send,

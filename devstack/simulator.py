@@ -13,9 +13,13 @@ inside another app (output URLs follow the mount path).
 API: `POST /v1/predictions` ({"version" | "model", "input"}),
 `POST /v1/models/{owner}/{name}/predictions`, `GET /v1/predictions` (newest first, by
 cursor), `GET /v1/predictions/{id}`, `POST /v1/predictions/{id}/cancel`, outputs at
-`GET /files/{id}.{ext}` (no token needed, like replicate.delivery). Honours
-`Prefer: wait=N` and `Cancel-After`; with `create_limit_per_second`, a create above the
-account's limit is a 429 with `Retry-After`, as Replicate's. Controls: `GET /_simulator/stats`,
+`GET /files/{id}.{ext}` (no token needed, like replicate.delivery),
+`GET /v1/webhooks/default/secret`. Honours `Prefer: wait=N` and `Cancel-After`, and
+`webhook` (+ `webhook_events_filter`): when the prediction ends, a signed delivery is
+POSTed there (Standard Webhooks, as Replicate signs them; `completed` events only), which
+the `webhook_*` knobs drop, delay, duplicate, reorder or spoil. With
+`create_limit_per_second`, a create above the account's limit is a 429 with
+`Retry-After`, as Replicate's. Controls: `GET /_simulator/stats`,
 `POST /_simulator/reset`, `GET|POST /_simulator/config`.
 Started with `api_token`, the API takes only that bearer token; with `control_secret`,
 the controls take only that one (the dev stack sets both: a web page the developer
@@ -28,10 +32,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import dataclasses
 import hashlib
+import heapq
 import hmac
 import io
+import json
 import math
 import random
 import re
@@ -44,6 +52,7 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
+import httpx
 import structlog
 from PIL import Image, ImageDraw
 from starlette.applications import Starlette
@@ -56,11 +65,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.errors import ImagegenError
 from worker.models import FLUX_SCHNELL_RATIOS, family_for, output_size
+from worker.webhooks import sign, signing_key
 
 log = structlog.get_logger(__name__, simulator=True)  # lazy: configured at first use
 
 MAX_WAIT_SECONDS = 60
 MAX_SIDE = 8192
+# The simulated account's webhook signing secret (Replicate's is per account).
+DEV_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"imagegen simulator webhook key!!").decode()
+STALE_SECONDS = 600  # how old a `webhook_stale_rate` delivery's timestamp is
+WEBHOOK_RETRIES = 2  # a delivery answered 5xx/429 or not at all is resent (same id)
+WEBHOOKS_AT_ONCE = 64  # deliveries in flight at most
 
 # Public version hashes of the seeded models (sql/0001_baseline.sql, section 4) -> their model.
 KNOWN_VERSIONS = {
@@ -98,6 +113,15 @@ class SimulatorConfig:
     # 429 with Retry-After, whole seconds until a token is back (Replicate: 600 a minute).
     create_limit_per_second: float = 0.0
     create_limit_burst: float | None = None  # tokens held at most; None: one second's worth
+    # Webhook deliveries and their faults (tests): each share is of the deliveries made.
+    webhook_secret: str = DEV_WEBHOOK_SECRET
+    webhook_drop_rate: float = 0.0  # never sent (the receiver must poll)
+    webhook_delay_seconds: float = 0.0  # sent this long after the prediction ended
+    webhook_duplicate_rate: float = 0.0  # sent twice, same webhook-id
+    webhook_reorder_rate: float = 0.0  # followed by a stale `processing` snapshot (own id)
+    webhook_bad_signature_rate: float = 0.0  # signed with another key
+    webhook_stale_rate: float = 0.0  # stamped STALE_SECONDS ago (validly signed)
+    webhook_timeout_seconds: float = 10.0
 
 
 # What each family requires and allows, as Replicate's model schemas would say.
@@ -241,6 +265,9 @@ class _Prediction:
     cancel_at: float | None
     ext: str
     canceled_at: float | None = None
+    webhook: str | None = None  # where its end is delivered
+    base: str = ""  # the simulator's URL when it was created (for the delivery's URLs)
+    delivered: bool = False
 
     def ends_at(self) -> float:
         """When it stops running: done, or canceled (by request or Cancel-After) first."""
@@ -292,6 +319,11 @@ class _Simulator:
         self.counters: Counter[str] = Counter()
         self._create_tokens: float | None = None  # full at the first create
         self._create_refilled = time.monotonic()
+        self._due: list[tuple[float, int, str]] = []  # (when, order, prediction id)
+        self._order = 0
+        self._queued = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     def create_refused_for(self) -> float | None:
         """Under the create limit: None (a token is taken), else the seconds until one."""
@@ -308,6 +340,98 @@ class _Simulator:
             return None
         self._create_tokens = tokens
         return (1 - tokens) / rate
+
+    # Webhooks: one dispatcher task sends each prediction's delivery when it ends.
+
+    def deliver_at(self, prediction: _Prediction, when: float) -> None:
+        if prediction.webhook is None or prediction.delivered:
+            return
+        self._order += 1
+        heapq.heappush(self._due, (when, self._order, prediction.id))
+        self._queued.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        limit = asyncio.Semaphore(WEBHOOKS_AT_ONCE)
+        async with httpx.AsyncClient(
+            timeout=self.config.webhook_timeout_seconds, trust_env=False
+        ) as http:
+            while True:
+                self._queued.clear()
+                wait = self._due[0][0] - time.monotonic() if self._due else None
+                if wait is None or wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._queued.wait(), wait)
+                    continue
+                _, _, prediction_id = heapq.heappop(self._due)
+                prediction = self.predictions.get(prediction_id)
+                if prediction is None or prediction.delivered:
+                    continue
+                if prediction.status(time.monotonic()) not in ("succeeded", "failed", "canceled"):
+                    self.deliver_at(prediction, prediction.ends_at())
+                    continue
+                prediction.delivered = True
+                task = asyncio.create_task(self._send(http, limit, prediction))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, http: httpx.AsyncClient, limit: asyncio.Semaphore, prediction: _Prediction
+    ) -> None:
+        """The ended prediction's delivery, with the configured faults."""
+        config, rng = self.config, self.rng
+        if rng.random() < config.webhook_drop_rate:
+            self.counters["webhooks_dropped"] += 1
+            return
+        if config.webhook_delay_seconds > 0:
+            await asyncio.sleep(config.webhook_delay_seconds)
+        body = self.to_json(prediction, prediction.base)
+        deliveries = [(f"msg_{uuid.uuid4().hex}", body)]
+        if rng.random() < config.webhook_duplicate_rate:
+            self.counters["webhooks_duplicated"] += 1
+            deliveries.append(deliveries[0])
+        if rng.random() < config.webhook_reorder_rate:
+            self.counters["webhooks_reordered"] += 1
+            stale = body | {"status": "processing", "output": None, "completed_at": None}
+            deliveries.append((f"msg_{uuid.uuid4().hex}", stale))
+        async with limit:
+            for webhook_id, payload in deliveries:
+                await self._post(http, str(prediction.webhook), webhook_id, payload)
+
+    async def _post(
+        self, http: httpx.AsyncClient, url: str, webhook_id: str, payload: dict[str, Any]
+    ) -> None:
+        config, rng = self.config, self.rng
+        content = json.dumps(payload).encode()
+        key = signing_key(config.webhook_secret)
+        if rng.random() < config.webhook_bad_signature_rate:
+            self.counters["webhooks_forged"] += 1
+            key = hashlib.sha256(key).digest()
+        stale = rng.random() < config.webhook_stale_rate
+        if stale:
+            self.counters["webhooks_stale"] += 1
+        for attempt in range(WEBHOOK_RETRIES + 1):
+            timestamp = int(time.time()) - (STALE_SECONDS if stale else 0)
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": webhook_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(key, webhook_id, timestamp, content),
+            }
+            try:
+                response = await http.post(url, content=content, headers=headers)
+            except httpx.HTTPError as exc:
+                log.info("simulated webhook not delivered", error=type(exc).__name__)
+            else:
+                if response.status_code < 300:
+                    self.counters["webhooks_sent"] += 1
+                    return
+                if response.status_code < 500 and response.status_code != 429:
+                    self.counters["webhooks_refused"] += 1
+                    return
+            await asyncio.sleep(0.5 * (attempt + 1))
+        self.counters["webhooks_failed"] += 1
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -396,6 +520,14 @@ _COUNTERS = (
     "create_rate_limited",  # creates answered 429 by create_limit_per_second
     "downloads",
     "expired_downloads",
+    "webhooks_sent",  # answered 2xx
+    "webhooks_refused",  # answered 4xx (a bad signature, a stale timestamp)
+    "webhooks_failed",  # not answered, or 5xx after the retries
+    "webhooks_dropped",
+    "webhooks_duplicated",
+    "webhooks_reordered",
+    "webhooks_forged",
+    "webhooks_stale",
 )
 
 
@@ -498,6 +630,11 @@ def create_simulator_app(
         cancel_after = parse_duration(request.headers.get("cancel-after", ""))
         assert isinstance(replicate_input, dict)  # validate_input checked it
         prediction = sim.create(model, version or None, replicate_input, cancel_after)
+        prediction.base = _base_url(request)
+        events = body.get("webhook_events_filter")
+        if isinstance(body.get("webhook"), str) and (events is None or "completed" in events):
+            prediction.webhook = body["webhook"]
+            sim.deliver_at(prediction, prediction.ends_at())
         log.debug("simulated prediction created", prediction_id=prediction.id, model=model)
         wait = parse_prefer_wait(request.headers.get("prefer"))
         if wait:
@@ -550,8 +687,12 @@ def create_simulator_app(
         if prediction.status(now) in ("starting", "processing"):
             prediction.canceled_at = now
             sim.counters["canceled_by_request"] += 1
+            sim.deliver_at(prediction, now)
             log.debug("simulated prediction canceled", prediction_id=prediction.id)
         return JSONResponse(sim.to_json(prediction, _base_url(request)))
+
+    async def webhook_secret(_request: Request) -> Response:
+        return JSONResponse({"key": sim.config.webhook_secret, "simulator": True})
 
     async def download(request: Request) -> Response:
         sim.counters["downloads"] += 1
@@ -619,6 +760,7 @@ def create_simulator_app(
         Route("/v1/models/{owner}/{name}/predictions", api(create_for_model), methods=["POST"]),
         Route("/v1/predictions/{prediction_id}", api(get_prediction), methods=["GET"]),
         Route("/v1/predictions/{prediction_id}/cancel", api(cancel_prediction), methods=["POST"]),
+        Route("/v1/webhooks/default/secret", api(webhook_secret), methods=["GET"]),
         Route("/files/{filename}", download, methods=["GET"]),
         Route("/_simulator/stats", control(stats), methods=["GET"]),
         Route("/_simulator/reset", control(reset), methods=["POST"]),

@@ -1169,6 +1169,67 @@ plpy.execute(plan, [request_id, status, content_type, content, timed_out, error]
 return request_id
         $_$;
 
+CREATE FUNCTION public.accept_webhook(p_webhook_id text, p_payload jsonb) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_prediction text := p_payload ->> 'id';
+    v_status text := p_payload ->> 'status';
+begin
+    if p_webhook_id is null or length(p_webhook_id) not between 1 and 200 then
+        perform imagegen.invalid('webhook-id', 'webhook-id must be 1 to 200 characters');
+    end if;
+    if jsonb_typeof(p_payload -> 'id') is distinct from 'string'
+       or length(v_prediction) not between 1 and 200 then
+        perform imagegen.invalid('id', 'the delivery names no prediction');
+    end if;
+
+    insert into imagegen.webhook_deliveries (webhook_id, prediction_id, status)
+    values (p_webhook_id, v_prediction, left(v_status, 40))
+    on conflict (webhook_id) do nothing;
+    if not found then
+        return false;
+    end if;
+
+    if v_status in ('succeeded', 'failed', 'canceled', 'aborted')
+       and exists (select from image_generations where replicate_prediction_id = v_prediction)
+    then
+        perform enqueue_job(
+            p_job_type => 'process-webhook',
+            p_payload => jsonb_build_object('prediction_id', v_prediction, 'status', v_status),
+            p_priority => 1,
+            p_max_attempts => 5,
+            p_dedupe_key => 'process-webhook:' || v_prediction || ':' || v_status
+        );
+    end if;
+    return true;
+end
+$$;
+
+CREATE FUNCTION public.await_webhook(p_job_id uuid, p_worker_id text, p_grace_seconds numeric, p_delay_seconds numeric DEFAULT NULL::numeric) RETURNS timestamp with time zone
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_estimate numeric;
+    v_until timestamptz;
+begin
+    if p_delay_seconds is null then
+        select max(m.estimated_time_seconds) into v_estimate
+        from job_queue j
+        join models m on m.replicate_id = j.payload ->> 'model_id'
+        where j.id = p_job_id;
+    end if;
+    v_until := now() + make_interval(secs => greatest(0, coalesce(
+        p_delay_seconds, coalesce(v_estimate, 0) + coalesce(p_grace_seconds, 0))));
+    if not snooze_job(p_job_id, p_worker_id, v_until) then
+        return null;
+    end if;
+    return v_until;
+end
+$$;
+
 CREATE FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) RETURNS SETOF public.image_generations
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2316,6 +2377,19 @@ CREATE FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) RETURNS 
     select count(*)::integer from released
 $$;
 
+CREATE FUNCTION public.release_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    update image_generations
+    set replicate_prediction_id = null, updated_at = now()
+    where id = imagegen.held_generation(p_job_id, p_worker_id)
+      and replicate_prediction_id = p_prediction_id;
+    return found;
+end
+$$;
+
 CREATE FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) RETURNS timestamp with time zone
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2763,6 +2837,33 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.wake_prediction_job(p_prediction_id text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    v_job job_queue;
+begin
+    select j.* into v_job
+    from image_generations g
+    join job_queue j on j.dedupe_key = 'generate-image:' || g.id
+                    and j.status in ('pending', 'processing')
+    where g.replicate_prediction_id = p_prediction_id
+    for update of j;
+    if not found then
+        return 'none';
+    end if;
+    if v_job.status = 'processing' then
+        return 'busy';
+    end if;
+    update job_queue
+    set scheduled_at = least(scheduled_at, now()), updated_at = now()
+    where id = v_job.id;
+    perform pg_notify('job_queue', 'generate-image');
+    return 'woken';
+end
+$$;
+
 CREATE FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) RETURNS boolean
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -2830,6 +2931,14 @@ CREATE TABLE imagegen.settings (
     key text NOT NULL,
     value text NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE imagegen.webhook_deliveries (
+    webhook_id text NOT NULL,
+    prediction_id text NOT NULL,
+    status text,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhook_deliveries_webhook_id_check CHECK (((length(webhook_id) >= 1) AND (length(webhook_id) <= 200)))
 );
 
 CREATE TABLE imagegen.worker_sessions (
@@ -3019,6 +3128,9 @@ ALTER TABLE ONLY imagegen.queue_depth_sample
 ALTER TABLE ONLY imagegen.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (key);
 
+ALTER TABLE ONLY imagegen.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (webhook_id);
+
 ALTER TABLE ONLY imagegen.worker_sessions
     ADD CONSTRAINT worker_sessions_pkey PRIMARY KEY (worker_id);
 
@@ -3052,6 +3164,8 @@ ALTER TABLE ONLY public.user_rate_limits
 CREATE INDEX idempotent_requests_created_at_idx ON imagegen.idempotent_requests USING btree (created_at);
 
 CREATE INDEX provider_turns_turn_at_idx ON imagegen.provider_turns USING btree (turn_at);
+
+CREATE INDEX webhook_deliveries_received_idx ON imagegen.webhook_deliveries USING btree (received_at);
 
 CREATE INDEX batch_generations_user_created_idx ON public.batch_generations USING btree (user_id, created_at DESC);
 
@@ -3359,6 +3473,12 @@ REVOKE ALL ON FUNCTION imagegen.worker_lock_key(p_worker_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION net.http_post(url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds integer) TO service_role;
 
+REVOKE ALL ON FUNCTION public.accept_webhook(p_webhook_id text, p_payload jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.accept_webhook(p_webhook_id text, p_payload jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.await_webhook(p_job_id uuid, p_worker_id text, p_grace_seconds numeric, p_delay_seconds numeric) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.await_webhook(p_job_id uuid, p_worker_id text, p_grace_seconds numeric, p_delay_seconds numeric) TO service_role;
+
 REVOKE ALL ON FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.begin_generation(p_job_id uuid, p_worker_id text) TO service_role;
 
@@ -3494,6 +3614,9 @@ GRANT ALL ON FUNCTION public.register_worker(p_worker_id text) TO service_role;
 REVOKE ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.release_jobs(p_worker_id text, p_job_ids uuid[]) TO service_role;
 
+REVOKE ALL ON FUNCTION public.release_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.release_prediction(p_job_id uuid, p_worker_id text, p_prediction_id text) TO service_role;
+
 REVOKE ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.request_prediction(p_job_id uuid, p_worker_id text) TO service_role;
 
@@ -3523,6 +3646,9 @@ GRANT ALL ON FUNCTION public.storage_object_verdicts(p_names text[], p_updated_a
 
 REVOKE ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.take_provider_token(p_provider text, p_job_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.wake_prediction_job(p_prediction_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.wake_prediction_job(p_prediction_id text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.withdraw_prediction_request(p_job_id uuid, p_worker_id text, p_requested_at timestamp with time zone) TO service_role;

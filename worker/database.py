@@ -251,6 +251,51 @@ class Database:
             await self._scalar("pause_provider", p_provider=provider, p_seconds=seconds) or 0
         )
 
+    # Webhooks (sql/0130_replicate_webhooks.sql).
+
+    async def accept_webhook(self, webhook_id: str, payload: dict[str, Any]) -> bool:
+        """Record a verified delivery and queue its process-webhook job; False: seen before."""
+        return bool(
+            await self._scalar("accept_webhook", p_webhook_id=webhook_id, p_payload=payload)
+        )
+
+    async def wake_prediction_job(self, prediction_id: str) -> str:
+        """Make the generate-image job holding this prediction due now: 'woken', 'busy'
+        (a worker holds it) or 'none' (no active job has it)."""
+        return str(await self._scalar("wake_prediction_job", p_prediction_id=prediction_id))
+
+    async def await_webhook(
+        self,
+        job_id: uuid.UUID,
+        worker_id: str,
+        *,
+        grace_seconds: float,
+        delay_seconds: float | None = None,
+    ) -> datetime | None:
+        """Snooze the job until its prediction should have ended (or for `delay_seconds`);
+        the wake-up time, None when the job is no longer ours."""
+        until: datetime | None = await self._scalar(
+            "await_webhook",
+            p_job_id=job_id,
+            p_worker_id=worker_id,
+            p_grace_seconds=Decimal(f"{grace_seconds:.3f}"),
+            p_delay_seconds=None if delay_seconds is None else Decimal(f"{delay_seconds:.3f}"),
+        )
+        return until
+
+    async def release_prediction(
+        self, job_id: uuid.UUID, worker_id: str, prediction_id: str
+    ) -> bool:
+        """Let go of a failed or cancelled prediction, so the retry creates a new one."""
+        return bool(
+            await self._scalar(
+                "release_prediction",
+                p_job_id=job_id,
+                p_worker_id=worker_id,
+                p_prediction_id=prediction_id,
+            )
+        )
+
     # Generations.
 
     async def start_generation(

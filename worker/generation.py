@@ -111,13 +111,41 @@ async def run_prediction(
     ledger: PredictionLedger | None = None,
     limit: ProviderLimit | None = None,
 ) -> PredictionResult:
+    """Obtain the prediction (`obtain_prediction`), then poll it until it ends."""
+    started = time.monotonic()
+    prediction = await obtain_prediction(
+        params,
+        replicate,
+        settings,
+        resume_id=resume_id,
+        requested_at=requested_at,
+        ledger=ledger,
+        limit=limit,
+    )
+    prediction = await replicate.wait_for_prediction(
+        prediction, deadline_seconds=settings.prediction_timeout_seconds + 30
+    )
+    return prediction_result(params, prediction, time.monotonic() - started)
+
+
+async def obtain_prediction(
+    params: GenerationParams,
+    replicate: ReplicateClient,
+    settings: Settings,
+    *,
+    resume_id: str | None = None,
+    requested_at: datetime | None = None,
+    ledger: PredictionLedger | None = None,
+    limit: ProviderLimit | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Prediction:
     """Resume `resume_id` if it is still usable; else adopt the prediction an earlier
     attempt created (after `requested_at`, its recorded intent) but died before saving;
-    else create (and pay for) one. With a `ledger` the intent is recorded before creating
-    and the id saved before polling; the create itself may wait (`Prefer: wait`) before
-    the id is known, a window the adoption covers. With a `limit`, each create takes the
-    provider's shared token first (worker.provider_limit). Then wait for the output."""
-    started = time.monotonic()
+    else create (and pay for) one, its request with `extra` (the webhook fields). With a
+    `ledger` the intent is recorded before creating and the id saved before it is
+    returned; the create itself may wait (`Prefer: wait`) before the id is known, a
+    window the adoption covers. With a `limit`, each create takes the provider's shared
+    token first (worker.provider_limit)."""
     prediction: Prediction | None = None
     if resume_id:
         prediction = await _resumable(replicate, resume_id)
@@ -130,13 +158,18 @@ async def run_prediction(
                 timeout=settings.http_timeout_seconds,
             )
         path, body = prediction_request(params, build_replicate_input(params, image))
+        body |= extra or {}
         if ledger is not None and requested_at is not None:
             prediction = await _adopt(replicate, params, body, requested_at, ledger)
         if prediction is None:
             prediction = await _create(replicate, settings, params, path, body, ledger, limit)
-    prediction = await replicate.wait_for_prediction(
-        prediction, deadline_seconds=settings.prediction_timeout_seconds + 30
-    )
+    return prediction
+
+
+def prediction_result(
+    params: GenerationParams, prediction: Prediction, seconds: float
+) -> PredictionResult:
+    """A succeeded prediction's output, as the download job takes it."""
     output_url = first_output_url(prediction.output)
     if not output_url:
         raise PermanentJobError("The model finished without an image")
@@ -147,7 +180,7 @@ async def run_prediction(
         format=output_format(params.model_id, output_url),
         width=width,
         height=height,
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(seconds, 3),
         provider_metrics=provider_figures(prediction),
     )
 

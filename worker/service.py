@@ -19,6 +19,7 @@ from worker.replicate import ReplicateClient
 from worker.runner import Runner
 from worker.settings import Settings
 from worker.storage import SupabaseStorage
+from worker.webhooks import signing_key
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +71,16 @@ async def open_worker(settings: Settings) -> AsyncIterator[Worker]:
             _secret(settings.worker_secret),
             _secret(settings.supabase_jwt_secret),
             _secret(settings.supabase_anon_key),
+            _secret(settings.replicate_webhook_secret),
         ]
     )
+    if settings.public_url and not settings.replicate_webhook_secret:
+        raise ConfigurationError("PUBLIC_URL (webhooks) needs REPLICATE_WEBHOOK_SECRET")
+    if webhook_secret := _secret(settings.replicate_webhook_secret):
+        try:
+            signing_key(webhook_secret)
+        except ValueError as exc:
+            raise ConfigurationError(f"REPLICATE_WEBHOOK_SECRET: {exc}") from exc
     if not settings.supabase_url or not service_key:
         raise ConfigurationError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are required")
     gateway = await open_gateway(settings)

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     replicate_base_url: str = "https://api.replicate.com/v1"
     replicate_wait_seconds: int = Field(default=1, ge=0, le=60)
     prediction_timeout_seconds: int = Field(default=600, ge=5)
+    # Webhooks (worker/webhooks.py): with PUBLIC_URL set, predictions report their end to
+    # PUBLIC_URL/functions/v1/replicate-webhook and hold no worker slot while they run;
+    # unset, the worker polls them. The signing secret is the account's (`whsec_...`,
+    # Replicate's GET /v1/webhooks/default/secret).
+    public_url: str | None = None
+    replicate_webhook_secret: SecretStr | None = None
+    # A prediction with no word this long past its model's estimated time is polled.
+    webhook_grace_seconds: float = Field(default=30.0, ge=0)
 
     # The worker.
     worker_secret: SecretStr | None = Field(default=None, min_length=WORKER_SECRET_MIN_LENGTH)
@@ -105,6 +113,13 @@ class Settings(BaseSettings):
                 port = parts.port or (443 if parts.scheme == "https" else 80)
                 origins.add(f"{parts.scheme}://{parts.hostname}:{port}")
         return frozenset(origins)
+
+    @property
+    def webhook_url(self) -> str | None:
+        """Where Replicate delivers our predictions' webhooks; None: polling mode."""
+        if not self.public_url:
+            return None
+        return f"{self.public_url.rstrip('/')}/functions/v1/replicate-webhook"
 
     @property
     def gateway(self) -> Literal["postgres", "postgrest"]:

@@ -118,9 +118,7 @@ async def test_permanent_failure_fails_with_readable_message_after_attempts(
 async def test_unknown_job_type_fails_permanently(
     conn: psycopg.Connection[Any], database_url: str, stack: Stack
 ) -> None:
-    job_id = conn.execute("select enqueue_job('resize-image', '{}'::jsonb) as id").fetchone()[
-        "id"
-    ]
+    job_id = conn.execute("select enqueue_job('resize-image', '{}'::jsonb) as id").fetchone()["id"]
     async with open_worker(stack.settings()) as worker:
         await worker.runner.run_once(wait=True)
     job = conn.execute(

@@ -10,6 +10,7 @@ from worker.jobs.cleanup_storage import cleanup_storage
 from worker.jobs.context import JobContext
 from worker.jobs.download_image import download_image
 from worker.jobs.generate_image import generate_image
+from worker.jobs.process_webhook import process_webhook
 from worker.runner import JobType
 
 # What each job type's log lines carry; a failed attempt is recorded by the queue's own
@@ -19,6 +20,7 @@ HANDLERS: dict[str, JobType] = {
     "download-image": JobType(download_image, log_fields=("generation_id", "model_id")),
     "cancel-prediction": JobType(cancel_prediction, log_fields=("generation_id", "prediction_id")),
     "cleanup-storage": JobType(cleanup_storage),
+    "process-webhook": JobType(process_webhook, log_fields=("prediction_id", "status")),
 }
 
 __all__ = ["HANDLERS", "JobContext"]

@@ -11,6 +11,7 @@ from worker.generation import run_prediction
 from worker.jobs.context import JobContext, LeaseLost
 from worker.models import GenerationParams
 from worker.provider_limit import ProviderLimit
+from worker.webhooks import run_with_webhook
 
 log = structlog.get_logger(__name__)
 
@@ -38,20 +39,30 @@ class _GenerationLedger:
 
 async def generate_image(job: Job, ctx: JobContext) -> None:
     """Run (or resume, or adopt) the prediction, then hand over to a download job
-    atomically. Creates wait their turn under the provider's shared limit."""
+    atomically. Creates wait their turn under the provider's shared limit. With webhooks on,
+    the job is handed back while the model runs and this runs again when the prediction
+    ends (worker/webhooks.py)."""
     generation = await ctx.db.begin_generation(job.id, ctx.worker_id)
     if generation is None:
         raise PermanentJobError("The generation is no longer active")
     params = GenerationParams.from_payload(job.payload)
-    result = await run_prediction(
-        params,
-        ctx.replicate,
-        ctx.settings,
-        resume_id=generation.get("replicate_prediction_id"),
-        requested_at=generation.get("prediction_requested_at"),
-        ledger=_GenerationLedger(job, ctx),
-        limit=ProviderLimit(ctx.db, job.id),
-    )
+    ledger = _GenerationLedger(job, ctx)
+    limit = ProviderLimit(ctx.db, job.id)
+    if webhook_url := ctx.settings.webhook_url:
+        waited = await run_with_webhook(job, generation, params, ctx, ledger, limit, webhook_url)
+        if waited is None:
+            return  # snoozed until the webhook (or the fallback poll) wakes it
+        result = waited
+    else:
+        result = await run_prediction(
+            params,
+            ctx.replicate,
+            ctx.settings,
+            resume_id=generation.get("replicate_prediction_id"),
+            requested_at=generation.get("prediction_requested_at"),
+            ledger=ledger,
+            limit=limit,
+        )
     download_job = await ctx.db.generation_downloading(
         job.id,
         ctx.worker_id,
