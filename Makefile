@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 PG_LIB := /usr/lib/postgresql/15/lib
-APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv chromium
+APT_PACKAGES := postgresql-15 postgresql-15-cron postgresql-plpython3-15 python3-venv
 
-.PHONY: test lint typecheck pytest torture bench bench-quick system-deps venv clean schema-snapshot
+.PHONY: test lint typecheck pytest torture bench bench-quick system-deps browser-deps venv clean schema-snapshot
 
 test: system-deps venv lint typecheck pytest
 
@@ -24,7 +24,7 @@ typecheck: venv
 # Two worker processes, each with its own PostgreSQL cluster; a module's tests stay on one
 # (--dist loadfile: its module fixtures are made once). PYTEST_WORKERS=0 runs in one.
 PYTEST_WORKERS ?= 2
-pytest: system-deps venv
+pytest: system-deps browser-deps venv
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The reliability tests at full size (bounded, loopback only), with a summary table.
@@ -44,14 +44,22 @@ bench-quick: system-deps venv
 schema-snapshot: system-deps venv
 	$(BIN)/python -m tests.support.schema_snapshot
 
-# Installs the Debian packages only when one of their files is missing. chromium: the
-# monitor page's browser test (tests/integration/test_dashboard.py) drives /usr/bin/chromium.
+# Installs the Debian packages only when one of their files is missing.
 system-deps:
-	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] || [ ! -x /usr/bin/chromium ] \
+	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -f $(PG_LIB)/pg_cron.so ] \
 	    || [ ! -f $(PG_LIB)/plpython3.so ] || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	    echo "==> installing Debian packages: $(APT_PACKAGES)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+# The tests' browser only (make dev needs none): the monitor page's browser test
+# (tests/integration/test_dashboard.py) drives Debian's /usr/bin/chromium.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	    echo "==> installing Debian packages: chromium"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
 # Two stamps: the service's own dependencies (make dev), and those plus the test and
