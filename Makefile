@@ -31,7 +31,8 @@ pytest: system-deps browser-deps venv
 torture: system-deps venv
 	IMAGEGEN_TORTURE=full $(BIN)/pytest -q -m torture
 
-# Benchmarks (bench/): each script prints its table and writes bench/results/<name>.json.
+# Benchmarks (bench/): each script prints its table and writes bench/results/<name>.json
+# (the quick mode <name>.quick.json, git-ignored).
 # The whole set takes under 15 minutes on 2 cores; the quick mode a few seconds each.
 bench: system-deps venv
 	$(BIN)/python -m bench.run_all

@@ -204,7 +204,8 @@ def write_results(name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     # BENCH_RESULTS_DIR: elsewhere (the smoke test's quick runs must not replace real figures).
     results_dir = Path(os.environ.get("BENCH_RESULTS_DIR") or RESULTS_DIR)
     results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{name}.json"
+    # A quick run's figures are a smoke check: they never replace the full run's.
+    path = results_dir / (f"{name}.quick.json" if "--quick" in sys.argv else f"{name}.json")
     document = {
         "benchmark": name,
         "command": shlex.join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]),

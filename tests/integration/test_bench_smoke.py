@@ -29,5 +29,5 @@ def test_quick_mode_runs_and_writes_results(name: str, pg_server: Server, tmp_pa
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / f"{name}.json").read_text())
+    results = json.loads((tmp_path / f"{name}.quick.json").read_text())
     assert results["benchmark"] == name and results["rows"]
