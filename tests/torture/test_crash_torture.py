@@ -366,13 +366,16 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     assert stack.predictions_created() == len(predictions)
 
     attempts = conn.execute(
-        "select max(attempts) as most, count(*) filter (where attempts > 3) as over_three"
-        " from job_queue where payload->>'prompt' not like %s or job_type = 'download-image'",
-        (f"%{DOOMED}%",),
+        "select max(attempts) as most,"
+        " count(*) filter (where attempts > max_attempts) as over_their_own,"
+        " max(attempts) filter (where max_attempts = 3) as most_of_three"
+        " from job_queue"
     ).fetchone()
     assert attempts is not None
-    # A job never runs more attempts than it has (max_attempts is 3).
-    assert attempts["most"] <= 3 and attempts["over_three"] == 0, attempts
+    # A job never runs more attempts than it has: 3 for downloads and doomed generations,
+    # 25 for the others (above). How many of those 25 the kills use depends on how long the
+    # run lasts (the shared provider limit, sql/0111, paces the creates).
+    assert attempts["over_their_own"] == 0 and attempts["most_of_three"] <= 3, attempts
     events = log_events(log_dir)
     assert fleet.kills >= target_kills
     # Adoption happens only on a retry: never more adoptions than retried generations.
@@ -394,6 +397,6 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         predictions_for_completed=ok_predictions,
         adoptions=events[ADOPTED],
         most_attempts=attempts["most"],
-        jobs_over_3_attempts=attempts["over_three"],
+        jobs_over_their_attempts=attempts["over_their_own"],
         seconds=duration,
     )
