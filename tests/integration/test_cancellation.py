@@ -10,8 +10,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,12 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.app import create_app
 from devstack.simulator import SimulatorConfig
-from devstack.tokens import mint_dev_token
 from tests.conftest import make_user, signed_in
 from tests.support.background_server import BackgroundServer
 from tests.support.postgrest_standin import create_postgrest_app
-from tests.support.stack import Stack, run_stack
+from tests.support.served import Served, serve_app
+from tests.support.stack import run_stack
 from worker.database import Database, Job
 from worker.jobs.context import JobContext, LeaseLost
 from worker.jobs.download_image import download_image
@@ -38,33 +36,19 @@ from worker.postgrest_gateway import PostgrestGateway
 from worker.service import open_worker
 
 Conn = psycopg.Connection[dict[str, Any]]
-JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"
 FLUX = "black-forest-labs/flux-schnell"
 
 
-class Api:
-    def __init__(self, url: str, issuer: str) -> None:
-        self.url, self.issuer = url, issuer
-
-    def post(self, name: str, body: Any, user: uuid.UUID | None = None) -> httpx.Response:
-        token = mint_dev_token(JWT_SECRET, user, issuer=self.issuer) if user else None
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(f"{self.url}/functions/v1/{name}", json=body, headers=headers, timeout=30)
-
-    def start(self, user: uuid.UUID) -> str:
-        answer = self.post("start-generation", {"prompt": "a red fox", "model_id": FLUX}, user)
-        assert answer.status_code == 200, answer.text
-        return str(answer.json()["generation_id"])
-
-    def cancel(self, user: uuid.UUID, generation_id: str) -> httpx.Response:
-        return self.post("cancel-generation", {"generation_id": generation_id}, user)
+def start(api: Served, user: uuid.UUID) -> str:
+    answer = api.post(
+        "start-generation", {"prompt": "a red fox", "model_id": FLUX}, api.token(user)
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["generation_id"])
 
 
-@contextmanager
-def serve(stack: Stack, *, run_jobs: bool) -> Iterator[Api]:
-    settings = stack.settings(supabase_jwt_secret=JWT_SECRET)
-    with BackgroundServer(create_app(settings, run_jobs=run_jobs)) as server:
-        yield Api(server.url, f"{settings.supabase_url}/auth/v1")
+def cancel(api: Served, user: uuid.UUID, generation_id: str) -> httpx.Response:
+    return api.post("cancel-generation", {"generation_id": generation_id}, api.token(user))
 
 
 def poll(read: Callable[[], Any], timeout: float = 30) -> Any:
@@ -95,15 +79,19 @@ def test_only_the_owner_cancels_and_only_what_is_running(
     owner, other = make_user(conn), make_user(conn)
     with (
         run_stack(database_url, tmp_path / "storage") as stack,
-        serve(stack, run_jobs=False) as api,
+        serve_app(stack, run_jobs=False) as api,
     ):
-        generation_id = api.start(owner)
+        generation_id = start(api, owner)
         refusals = [
-            (api.cancel(other, generation_id), 404, "Generation not found"),
-            (api.cancel(owner, str(uuid.uuid4())), 404, "Generation not found"),
+            (cancel(api, other, generation_id), 404, "Generation not found"),
+            (cancel(api, owner, str(uuid.uuid4())), 404, "Generation not found"),
             (api.post("cancel-generation", {"generation_id": generation_id}), 401, None),
-            (api.post("cancel-generation", {}, owner), 400, "generation_id: Field required"),
-            (api.post("cancel-generation", {"generation_id": "x"}, owner), 400, None),
+            (
+                api.post("cancel-generation", {}, api.token(owner)),
+                400,
+                "generation_id: Field required",
+            ),
+            (api.post("cancel-generation", {"generation_id": "x"}, api.token(owner)), 400, None),
         ]
         for answer, status, message in refusals:
             assert answer.status_code == status, answer.text
@@ -112,7 +100,7 @@ def test_only_the_owner_cancels_and_only_what_is_running(
         assert generation(conn, generation_id)["status"] == "queued"
 
         # The later backend's apps name it generationId (docs/CLIENTS.md §3).
-        cancelled = api.post("cancel-generation", {"generationId": generation_id}, owner)
+        cancelled = api.post("cancel-generation", {"generationId": generation_id}, api.token(owner))
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json() == {
             "success": True,
@@ -120,7 +108,7 @@ def test_only_the_owner_cancels_and_only_what_is_running(
             "status": "failed",
             "error_message": "Cancelled by user",
         }
-        again = api.cancel(owner, generation_id)
+        again = cancel(api, owner, generation_id)
         assert (again.status_code, again.json()) == (
             409,
             {"error": "Generation has already failed"},
@@ -135,9 +123,9 @@ async def test_a_queued_generation_is_cancelled_without_calling_the_provider(
 ) -> None:
     owner = make_user(conn)
     with run_stack(database_url, tmp_path / "storage") as stack:
-        with serve(stack, run_jobs=False) as api:
-            generation_id = api.start(owner)
-            assert api.cancel(owner, generation_id).status_code == 200
+        with serve_app(stack, run_jobs=False) as api:
+            generation_id = start(api, owner)
+            assert cancel(api, owner, generation_id).status_code == 200
         async with open_worker(stack.settings()) as worker:
             assert await worker.runner.run_once(wait=True) == (0, 0)
         stats = stack.simulator("GET", "stats")
@@ -153,11 +141,11 @@ def test_a_running_generation_has_its_prediction_cancelled(
     slow = SimulatorConfig(latency_seconds=60)
     with (
         run_stack(database_url, tmp_path / "storage", slow) as stack,
-        serve(stack, run_jobs=True) as api,
+        serve_app(stack, run_jobs=True) as api,
     ):
-        generation_id = api.start(owner)
+        generation_id = start(api, owner)
         prediction_id = poll(lambda: generation(conn, generation_id)["replicate_prediction_id"])
-        assert api.cancel(owner, generation_id).status_code == 200
+        assert cancel(api, owner, generation_id).status_code == 200
         poll(lambda: jobs(conn).get("cancel-prediction") == "completed")
         stats = stack.simulator("GET", "stats")
     assert (stats["predictions_created"], stats["canceled_by_request"]) == (1, 1)
@@ -204,24 +192,26 @@ def test_a_cancel_racing_the_stored_output_ends_one_way(
     storage = tmp_path / "storage"
     with (
         run_stack(database_url, storage, storage_middleware=wrap) as stack,
-        serve(stack, run_jobs=True) as api,
+        serve_app(stack, run_jobs=True) as api,
     ):
-        generation_id = api.start(owner)
+        generation_id = start(api, owner)
         upload = held[0]
         assert upload.arrived.wait(30)
         answers: list[httpx.Response] = []
-        cancel = threading.Thread(target=lambda: answers.append(api.cancel(owner, generation_id)))
+        canceller = threading.Thread(
+            target=lambda: answers.append(cancel(api, owner, generation_id))
+        )
         if order == "cancel-then-store":
-            cancel.start()
-            cancel.join()
+            canceller.start()
+            canceller.join()
             upload.release.set()
         elif order == "store-then-cancel":
             upload.release.set()
-            cancel.start()
+            canceller.start()
         else:
-            cancel.start()
+            canceller.start()
             upload.release.set()
-        cancel.join()
+        canceller.join()
         row = poll(
             lambda: (
                 (g := generation(conn, generation_id))["status"] in ("completed", "failed")
@@ -302,9 +292,9 @@ def test_a_completed_generation_keeps_the_providers_figures(
         run_stack(
             database_url, tmp_path / "storage", SimulatorConfig(latency_seconds=0.3)
         ) as stack,
-        serve(stack, run_jobs=True) as api,
+        serve_app(stack, run_jobs=True) as api,
     ):
-        generation_id = api.start(owner)
+        generation_id = start(api, owner)
         row = poll(lambda: (g := generation(conn, generation_id))["status"] == "completed" and g)
     figures = row["provider_metrics"]
     assert figures["prediction_id"] == row["replicate_prediction_id"]

@@ -15,11 +15,9 @@ import psycopg
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from api.app import create_app
 from devstack.simulator import SimulatorConfig
 from tests.conftest import make_user
-from tests.support.background_server import BackgroundServer
-from tests.support.stack import run_stack
+from tests.support.served import serve
 
 Conn = psycopg.Connection[dict[str, Any]]
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (make system-deps); no browser download
@@ -51,15 +49,18 @@ def served(conn: Conn, database_url: str, tmp_path: Path) -> Iterator[str]:
         (user,),
     )
     simulator = SimulatorConfig(latency_seconds=60)
-    with run_stack(database_url, tmp_path / "storage", simulator) as stack:
-        settings = stack.settings(
-            worker_secret=WORKER_SECRET, max_parallel_jobs=IN_FLIGHT, shutdown_grace_seconds=1
-        )
-        with BackgroundServer(create_app(settings, run_jobs=True)) as server:
-            for _ in range(IN_FLIGHT + WAITING):
-                conn.execute("select start_generation(%s, 'a red fox', %s)", (user, FLUX))
-            wait_until(lambda: counts(conn) == (WAITING, IN_FLIGHT))
-            yield server.url
+    with serve(
+        database_url,
+        tmp_path / "storage",
+        simulator,
+        worker_secret=WORKER_SECRET,
+        max_parallel_jobs=IN_FLIGHT,
+        shutdown_grace_seconds=1,
+    ) as server:
+        for _ in range(IN_FLIGHT + WAITING):
+            conn.execute("select start_generation(%s, 'a red fox', %s)", (user, FLUX))
+        wait_until(lambda: counts(conn) == (WAITING, IN_FLIGHT))
+        yield server.url
 
 
 def counts(conn: Conn) -> tuple[int, int]:

@@ -16,21 +16,15 @@ import psycopg
 import pytest
 
 from devstack.postgres import free_port
-from devstack.tokens import mint_dev_token
 from tests.conftest import make_user
-from tests.support.stack import Stack, run_stack
+from tests.support import tokens
+from tests.support.stack import Stack
+from tests.support.tokens import JWT_SECRET
 from tests.support.workers import spawn_api
 
-JWT_SECRET = "a-jwt-secret-for-the-tests-0123456789abcdef"
 FLUX = "black-forest-labs/flux-schnell"
 BODY = {"prompt": "a lighthouse", "model_id": FLUX}
 BATCH = {"prompts": [{"text": "a fox"}, {"text": "a hare"}], "shared_settings": {"model_id": FLUX}}
-
-
-@pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with run_stack(database_url, tmp_path / "storage") as running:
-        yield running
 
 
 @pytest.fixture
@@ -60,7 +54,7 @@ def post(url: str, name: str, token: str, body: Any, key: str | None) -> httpx.R
 
 
 def token_for(stack: Stack, user: uuid.UUID) -> str:
-    return mint_dev_token(JWT_SECRET, user, issuer=f"{stack.url}/auth/v1")
+    return tokens.hs256(tokens.claims(user, f"{stack.url}/auth/v1"))
 
 
 def generations(conn: psycopg.Connection[Any]) -> int:

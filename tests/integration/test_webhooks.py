@@ -20,11 +20,10 @@ import psycopg
 import pytest
 import structlog
 
-from api.app import create_app
 from devstack.postgres import free_port
 from devstack.simulator import DEV_WEBHOOK_SECRET, SimulatorConfig
 from tests.conftest import make_user, signed_in
-from tests.support.background_server import BackgroundServer
+from tests.support.served import serve_app
 from tests.support.stack import Stack, run_stack
 from worker.logs import configure_logging
 from worker.webhooks import sign, signing_key
@@ -62,15 +61,18 @@ def hooked(database_url: str, tmp_path: Path, captured_logs: io.StringIO) -> Ite
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     simulator = SimulatorConfig(latency_seconds=1.0, seed=7)
-    with run_stack(database_url, tmp_path / "storage", simulator) as stack:
-        settings = stack.settings(
+    with (
+        run_stack(database_url, tmp_path / "storage", simulator) as stack,
+        serve_app(
+            stack,
+            server_options={"port": port},
             public_url=url,
             replicate_webhook_secret=DEV_WEBHOOK_SECRET,
             replicate_wait_seconds=0,  # the create answers at once: the wait is the webhook's
             webhook_grace_seconds=1.0,  # no word 3 + 1 s after the create: poll
-        )
-        with BackgroundServer(create_app(settings, run_jobs=True), port=port):
-            yield Hooked(url, stack)
+        ),
+    ):
+        yield Hooked(url, stack)
 
 
 def start(conn: Conn, count: int = COUNT, prompt: str = "a webhook test") -> list[uuid.UUID]:
