@@ -159,7 +159,7 @@ declare
 begin
     select turn into v_round
     from job_queue
-    where status = 'pending' and priority = new.priority
+    where status = 'pending' and scheduled_at <= created_at and priority = new.priority
     order by turn
     limit 1;
     if v_owner is not null then
@@ -509,13 +509,21 @@ begin
     select count(*) into v_busy from job_queue where status = 'processing';
 
     if j.status = 'pending' then
+        -- The ready jobs ahead in the claim's order, then the deferred ones that are due.
         select count(*) into v_ahead
         from (select from job_queue
-              where status = 'pending' and scheduled_at <= now() and priority > j.priority
+              where status = 'pending' and scheduled_at <= created_at
+                and priority > j.priority
               union all
               select from job_queue
-              where status = 'pending' and scheduled_at <= now() and priority = j.priority
-                and (turn, created_at) < (j.turn, j.created_at)
+              where status = 'pending' and scheduled_at <= created_at
+                and priority = j.priority and (turn, created_at) < (j.turn, j.created_at)
+              union all
+              select from job_queue
+              where status = 'pending' and scheduled_at > created_at and scheduled_at <= now()
+                and (priority > j.priority
+                     or (priority = j.priority
+                         and (turn, created_at) < (j.turn, j.created_at)))
               limit v_limit) ahead;
         v_estimate := (floor(v_ahead / greatest(v_busy, 1)) + 1) * v_median;
     elsif j.status = 'processing' then
@@ -1337,10 +1345,22 @@ CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p
         where status = 'processing' and locked_until < now() and attempts >= max_attempts
           and (p_job_types is null or job_type = any (p_job_types))
     ),
-    due as (
+    ready as (
         select id, priority, turn, created_at
         from job_queue
         where status = 'pending'
+          and scheduled_at <= created_at
+          and scheduled_at <= now()
+          and (p_job_types is null or job_type = any (p_job_types))
+        order by priority desc, turn, created_at
+        limit coalesce(p_limit, 1)
+        for update skip locked
+    ),
+    deferred as (
+        select id, priority, turn, created_at
+        from job_queue
+        where status = 'pending'
+          and scheduled_at > created_at
           and scheduled_at <= now()
           and (p_job_types is null or job_type = any (p_job_types))
         order by priority desc, turn, created_at
@@ -1360,7 +1380,8 @@ CREATE FUNCTION public.claim_jobs(p_worker_id text, p_limit integer DEFAULT 1, p
         for update skip locked
     ),
     chosen as (
-        select id from (select * from due union all select * from expired) candidates
+        select id from (select * from ready union all select * from deferred
+                        union all select * from expired) candidates
         order by priority desc, turn, created_at
         limit coalesce(p_limit, 1)
     )
@@ -3197,7 +3218,7 @@ CREATE INDEX job_queue_created_by_idx ON public.job_queue USING btree (created_b
 
 CREATE UNIQUE INDEX job_queue_dedupe_idx ON public.job_queue USING btree (dedupe_key) WHERE ((dedupe_key IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'processing'::text])));
 
-CREATE INDEX job_queue_fair_idx ON public.job_queue USING btree (priority DESC, turn, created_at) INCLUDE (scheduled_at) WHERE (status = 'pending'::text);
+CREATE INDEX job_queue_deferred_idx ON public.job_queue USING btree (scheduled_at) INCLUDE (priority, turn, created_at) WHERE ((status = 'pending'::text) AND (scheduled_at > created_at));
 
 CREATE INDEX job_queue_finished_idx ON public.job_queue USING btree (completed_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]));
 
@@ -3206,6 +3227,8 @@ CREATE INDEX job_queue_generation_idx ON public.job_queue USING btree (((payload
 CREATE INDEX job_queue_lease_idx ON public.job_queue USING btree (locked_until) WHERE (status = 'processing'::text);
 
 CREATE INDEX job_queue_owner_turn_idx ON public.job_queue USING btree (COALESCE((created_by)::text, (payload ->> 'user_id'::text)), priority, turn) WHERE (status = 'pending'::text);
+
+CREATE INDEX job_queue_ready_idx ON public.job_queue USING btree (priority DESC, turn, created_at) WHERE ((status = 'pending'::text) AND (scheduled_at <= created_at));
 
 CREATE UNIQUE INDEX models_one_default_idx ON public.models USING btree (is_default) WHERE is_default;
 

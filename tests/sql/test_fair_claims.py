@@ -116,6 +116,54 @@ def test_a_retried_job_keeps_its_turn(conn: Conn) -> None:
     assert retried == {"id": first["id"], "turn": 0}
 
 
+def defer(conn: Conn, owner: uuid.UUID, until: str) -> None:
+    """The owner's pending jobs handed back to wait (a snooze, a retry's backoff) until
+    `until` (an SQL expression); they were enqueued a minute ago."""
+    conn.execute(
+        "update job_queue set created_at = now() - interval '1 minute',"
+        f" scheduled_at = {until} where created_by = %s and status = 'pending'",
+        (owner,),
+    )
+
+
+def rows_read(conn: Conn) -> int:
+    """Rows of job_queue this backend has read by index or scan, not yet reported."""
+    row = conn.execute(
+        "select coalesce(idx_tup_fetch, 0) + seq_tup_read as n"
+        " from pg_stat_xact_user_tables where relname = 'job_queue'"
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def test_due_jobs_are_claimed_in_one_order_whether_ready_or_deferred(conn: Conn) -> None:
+    alice, bob, carol = make_user(conn), make_user(conn), make_user(conn)
+    enqueue_many(conn, alice, 1)
+    enqueue_many(conn, bob, 2)
+    defer(conn, alice, "now() - interval '1 second'")  # woken: due again, turn 0
+    enqueue_many(conn, carol, 1, priority=1)
+    defer(conn, carol, "now() - interval '1 second'")  # a download job, due
+
+    assert claim_owners(conn, 4) == [carol, alice, bob, bob]
+
+
+def test_a_claim_does_not_read_the_jobs_that_wait(conn: Conn) -> None:
+    """Thousands of generations waiting on their webhooks sort ahead of a new job; the
+    claim reaches it without reading them (it read every one before sql/0160)."""
+    alice, bob = make_user(conn), make_user(conn)
+    enqueue_many(conn, alice, 2000)
+    defer(conn, alice, "now() + interval '10 minutes'")
+    enqueue_many(conn, bob, 1)
+    conn.execute("analyze job_queue")  # as autovacuum would have by now
+
+    with conn.transaction():
+        before = rows_read(conn)
+        claimed = conn.execute("select created_by from claim_jobs('w', 5)").fetchall()
+        read = rows_read(conn) - before
+
+    assert claimed == [{"created_by": bob}]
+    assert read < 10
+
+
 def test_the_old_platforms_waiting_jobs_get_turns_when_upgraded(empty_database_url: str) -> None:
     build_old_picture(empty_database_url)
     # Owners with no other waiting job there: their turns start at 0.

@@ -45,6 +45,24 @@ def test_position_follows_the_claim_order_across_users(conn: Conn) -> None:
     assert status(conn, alice_jobs[2], alice)["position"] == 4
 
 
+def test_jobs_that_wait_count_ahead_only_once_they_are_due(conn: Conn) -> None:
+    alice, bob = make_user(conn), make_user(conn)
+    waiting, woken = start(conn, alice), start(conn, alice)
+    bobs = start(conn, bob)
+    # Alice's two were handed back a minute after they were enqueued (sql/0160): one
+    # waits on its webhook, the other's has come (it is due again and keeps its turn).
+    for generation, until in ((waiting, "now() + interval '10 minutes'"), (woken, "now()")):
+        conn.execute(
+            "update job_queue set created_at = now() - interval '1 minute',"
+            f" scheduled_at = {until} where payload ->> 'generation_id' = %s",
+            (str(generation),),
+        )
+
+    # Alice's turn-0 job waits: Bob's turn 0 is first; her turn 1, due, is next.
+    assert status(conn, bobs, bob)["position"] == 1
+    assert status(conn, woken, alice)["position"] == 2
+
+
 def test_an_empty_history_falls_back_to_the_models_estimate(conn: Conn) -> None:
     user = make_user(conn)
     generation_id = start(conn, user)
