@@ -1123,6 +1123,10 @@ CREATE FUNCTION imagegen.turn_grace() RETURNS interval
     LANGUAGE sql IMMUTABLE
     AS $$ select interval '10 minutes' $$;
 
+CREATE FUNCTION imagegen.webhook_dedupe_floor() RETURNS interval
+    LANGUAGE sql IMMUTABLE
+    AS $$ select interval '1 hour' $$;
+
 CREATE FUNCTION imagegen.worker_lock_key(p_worker_id text) RETURNS bigint
     LANGUAGE sql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2299,6 +2303,11 @@ begin
     if to_regclass('cron.job_run_details') is not null then
         execute 'delete from cron.job_run_details where end_time < now() - $1' using v_age;
     end if;
+    delete from imagegen.webhook_deliveries
+    where received_at < now() - greatest(v_age, imagegen.webhook_dedupe_floor());
+    -- Expired as start_once reads it (created_at <= now() - window).
+    delete from imagegen.idempotent_requests
+    where created_at <= now() - imagegen.idempotency_window();
     return v_deleted;
 end
 $_$;
@@ -3490,6 +3499,8 @@ REVOKE ALL ON FUNCTION imagegen.storage_object_generation(p_path text) FROM PUBL
 REVOKE ALL ON FUNCTION imagegen.storage_url_object(p_url text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.turn_grace() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION imagegen.webhook_dedupe_floor() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION imagegen.worker_lock_key(p_worker_id text) FROM PUBLIC;
 
