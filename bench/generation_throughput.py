@@ -25,9 +25,10 @@ back 30 s after their create) and at 120 s (long enough for the process to creat
 all: measured while all 10,000 are in flight), then until every one has completed, with
 one prediction each.
 
-The webhook trials run under a raised account limit (CREATE_LIMIT_PER_MINUTE): at
-Replicate's default of 600 creates a minute no number of workers holds more than 300
-predictions in flight at 30 s (Little's law: 10 a second for 30 s).
+Every trial runs under a raised account limit (CREATE_LIMIT_PER_MINUTE, set with
+configure_provider_limit): at Replicate's default of 600 creates a minute, 36,000
+generations an hour is the most any number of workers completes, and no more than 300
+predictions are in flight at 30 s (Little's law: 10 a second for 30 s).
 
     .venv/bin/python -m bench.generation_throughput [--quick] [--mode polling|webhooks|both]
 """
@@ -75,7 +76,7 @@ USERS = 500
 # Generations waiting on a webhook are pending jobs: the default queue bound (10,000)
 # and per-user limit would refuse the starts of the hold trial before the worker is tested.
 WEBHOOK_ADMISSION = {"per_user": 1000, "queue_depth": 1_000_000}
-# Creates a minute in the webhook trials (configure_provider_limit), with this burst.
+# The account's creates a minute in every trial (configure_provider_limit), and its burst.
 CREATE_LIMIT_PER_MINUTE = 60_000
 CREATE_BURST = 500
 IN_FLIGHT = (
@@ -128,16 +129,10 @@ class Plan:
 def webhook_service(
     database_url: str, stand: StandIns, work: Path, name: str, slots: int, latency: float
 ) -> Process:
-    """`imagegen serve` with webhooks on: PUBLIC_URL is its own address; the account's
-    limit raised (CREATE_LIMIT_PER_MINUTE)."""
+    """`imagegen serve` with webhooks on: PUBLIC_URL is its own address."""
     configure_admission(
         database_url, WEBHOOK_ADMISSION["per_user"], WEBHOOK_ADMISSION["queue_depth"]
     )
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "select configure_provider_limit('replicate', %s, %s)",
-            (CREATE_LIMIT_PER_MINUTE, CREATE_BURST),
-        )
     port = free_port()
     env = service_env(
         database_url,
@@ -152,6 +147,14 @@ def webhook_service(
         webhook_grace_seconds=latency + 30,  # the model's real latency past its estimate (3 s)
     )
     return start_service("serve", name, env, work, ready_url=f"http://127.0.0.1:{port}/health")
+
+
+def raise_create_limit(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "select configure_provider_limit('replicate', %s, %s)",
+            (CREATE_LIMIT_PER_MINUTE, CREATE_BURST),
+        )
 
 
 def in_flight(database_url: str) -> int:
@@ -176,6 +179,7 @@ def trial(
     name = f"bench_generation_{mode}_{int(latency * 1000)}_{concurrency}"
     database_url = pg.migrated_database(name)
     users = make_users(database_url, USERS)
+    raise_create_limit(database_url)
     rate = rate or concurrency / latency
     if webhooks:
         worker = webhook_service(database_url, stand, work, f"serve-{name}", concurrency, latency)
@@ -243,6 +247,7 @@ def hold_trial(
     name = f"bench_generation_hold_{count}_{int(latency)}"
     database_url = pg.migrated_database(name)
     users = make_users(database_url, USERS)
+    raise_create_limit(database_url)
     worker = webhook_service(database_url, stand, work, f"serve-{name}", plan.slots, latency)
     sources = {"worker": worker.cpu_seconds, "stand_ins": stand.process.cpu_seconds}
     sources |= postgres_cpu(pg.local.data_dir if pg.local else None)
@@ -454,7 +459,7 @@ def main() -> None:
             "mode": args.mode,
             "webhook_plan": hooks.__dict__,
             "webhook_admission": WEBHOOK_ADMISSION,
-            "webhook_create_limit_per_minute": CREATE_LIMIT_PER_MINUTE,
+            "create_limit_per_minute": CREATE_LIMIT_PER_MINUTE,
             "notes": (
                 "offered = concurrency / latency, evenly; counted over the window after a "
                 "ramp of latency + 5 s; CPU in % of one core over the window; peak RSS is "
