@@ -24,6 +24,7 @@ from bench.processes import (
     FLUX,
     START,
     make_users,
+    raise_create_limit,
     service_env,
     stand_ins,
     start_service,
@@ -56,6 +57,7 @@ def wait_until(check: Any, timeout: float, *args: Any) -> float:
 def trial(pg: Any, work: Any, name: str, jobs: int, lease: int, check: float) -> dict[str, Any]:
     database_url = pg.migrated_database(f"bench_crash_{name.replace(' ', '_')}")
     users = make_users(database_url, jobs // 40 + 1)
+    raise_create_limit(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         for i in range(jobs):
             conn.execute(START, (users[i % len(users)], f"crash recovery {i}", FLUX))

@@ -46,6 +46,7 @@ import psycopg
 
 from bench.common import Cluster, cluster, parse_args, print_table, write_results
 from bench.processes import (
+    CREATE_LIMIT_PER_MINUTE,
     FLUX,
     PROMPT,
     START,
@@ -57,6 +58,7 @@ from bench.processes import (
     counts,
     make_users,
     postgres_cpu,
+    raise_create_limit,
     service_env,
     stand_ins,
     start_service,
@@ -76,9 +78,6 @@ USERS = 500
 # Generations waiting on a webhook are pending jobs: the default queue bound (10,000)
 # and per-user limit would refuse the starts of the hold trial before the worker is tested.
 WEBHOOK_ADMISSION = {"per_user": 1000, "queue_depth": 1_000_000}
-# The account's creates a minute in every trial (configure_provider_limit), and its burst.
-CREATE_LIMIT_PER_MINUTE = 60_000
-CREATE_BURST = 500
 IN_FLIGHT = (
     "select count(*) from image_generations"
     " where status = 'processing' and replicate_prediction_id is not null"
@@ -147,14 +146,6 @@ def webhook_service(
         webhook_grace_seconds=latency + 30,  # the model's real latency past its estimate (3 s)
     )
     return start_service("serve", name, env, work, ready_url=f"http://127.0.0.1:{port}/health")
-
-
-def raise_create_limit(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "select configure_provider_limit('replicate', %s, %s)",
-            (CREATE_LIMIT_PER_MINUTE, CREATE_BURST),
-        )
 
 
 def in_flight(database_url: str) -> int:

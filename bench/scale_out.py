@@ -33,6 +33,7 @@ from bench.processes import (
     counts,
     make_users,
     postgres_cpu,
+    raise_create_limit,
     service_env,
     stand_ins,
     start_service,
@@ -133,6 +134,7 @@ def trial(pg: Cluster, stand: StandIns, work: Path, workers: int, plan: Plan) ->
     name = f"bench_scale_out_{workers}"
     database_url = pg.migrated_database(name)
     users = make_users(database_url, USERS)
+    raise_create_limit(database_url)
     httpx.post(f"{stand.url}/replicate/_simulator/reset", timeout=30).raise_for_status()
     env = service_env(database_url, stand, max_parallel_jobs=plan.concurrency)
     processes: list[Process] = []
