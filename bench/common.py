@@ -199,13 +199,17 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
-def write_results(name: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """bench/results/<name>.json: the rows, the machine, the command line, and `meta`."""
+def write_results(
+    name: str, rows: list[dict[str, Any]], meta: dict[str, Any], variant: str | None = None
+) -> Path:
+    """bench/results/<name>.json (<name>_<variant>.json for a part of the benchmark): the
+    rows, the machine, the command line, and `meta`."""
     # BENCH_RESULTS_DIR: elsewhere (the smoke test's quick runs must not replace real figures).
     results_dir = Path(os.environ.get("BENCH_RESULTS_DIR") or RESULTS_DIR)
     results_dir.mkdir(parents=True, exist_ok=True)
     # A quick run's figures are a smoke check: they never replace the full run's.
-    path = results_dir / (f"{name}.quick.json" if "--quick" in sys.argv else f"{name}.json")
+    stem = f"{name}_{variant}" if variant else name
+    path = results_dir / (f"{stem}.quick.json" if "--quick" in sys.argv else f"{stem}.json")
     document = {
         "benchmark": name,
         "command": shlex.join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]),

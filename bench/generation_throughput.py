@@ -149,8 +149,20 @@ def webhook_service(
 
 
 def in_flight(database_url: str) -> int:
+    return _count(database_url, IN_FLIGHT)
+
+
+def predictions_saved(database_url: str) -> int:
+    """Generations whose prediction has been created (and its id saved), so far."""
+    return _count(
+        database_url,
+        "select count(*) from image_generations where replicate_prediction_id is not null",
+    )
+
+
+def _count(database_url: str, query: str) -> int:
     with psycopg.connect(database_url) as conn:
-        row = conn.execute(IN_FLIGHT).fetchone()
+        row = conn.execute(query.encode()).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -259,6 +271,7 @@ def hold_trial(
                 break
             time.sleep(0.2)
         created_s = time.monotonic() - started
+        created = predictions_saved(database_url)
         create_cpu = creating.stop()
         _, rss_before_hold = worker.memory_mb()
         holding.start()
@@ -290,8 +303,9 @@ def hold_trial(
         "in_flight_peak": peak,
         "in_flight_at_window_end": held,
         "create_s": created_s,
-        "created_per_s": count / created_s,
-        "create_cpu_ms_per_generation": create_cpu["worker_cpu_pct"] * 10 * created_s / count,
+        "created": created,
+        "created_per_s": created / created_s,
+        "create_cpu_ms_per_generation": create_cpu["worker_cpu_pct"] * 10 * created_s / created,
         "hold_window_s": plan.hold_window_seconds,
         "worker_cpu_pct": hold_cpu["worker_cpu_pct"],
         "rss_while_held_mb": rss_held,
@@ -458,6 +472,7 @@ def main() -> None:
             ),
             "postgresql_settings": settings,
         },
+        variant=None if args.mode == "both" else args.mode,
     )
 
 
