@@ -17,11 +17,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.simulator import SimulatorConfig
 from tests.conftest import signed_in
+from tests.support.generations import SCHNELL
 from tests.support.stack import run_stack
 from worker.service import open_worker
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 ACTIVE_JOBS = "select * from job_queue where payload ->> 'generation_id' = %s::text"
 
 

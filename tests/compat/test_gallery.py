@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user, signed_in
+from tests.support.generations import SCHNELL
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 STORAGE_URL = "https://project.supabase.co/storage/v1/object/public/generated-images/"
 
 

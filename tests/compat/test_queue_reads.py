@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 
 from tests.conftest import make_user, signed_in
+from tests.support.generations import SCHNELL
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 
 
 def start(conn: Conn, user_id: uuid.UUID) -> dict[str, Any]:

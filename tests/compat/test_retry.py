@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from tests.conftest import signed_in
+from tests.support.generations import SCHNELL
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 RETRY = (
     "update image_generations set status = 'pending', error_message = null, retry_count = 0"
     " where id = %s and status = 'failed' returning *"

@@ -17,10 +17,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.conftest import make_user, signed_in
+from tests.support.generations import SCHNELL
 from tests.support.pg import Server, fresh_database
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 INSERT = (
     "insert into image_generations (user_id, prompt, model, width, height, steps,"
     " guidance_scale, status{columns}) values (%(alice)s, 'a fox', 'flux-schnell', 1024, 1024,"

@@ -11,15 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user
-
-FLUX = "black-forest-labs/flux-schnell"
-
-
-def start(conn: psycopg.Connection[Any], user: uuid.UUID) -> None:
-    conn.execute(
-        "select start_generation(p_user_id => %s, p_prompt => 'a test', p_model_id => %s)",
-        (user, FLUX),
-    )
+from tests.support.generations import start
 
 
 def fill_queue(conn: psycopg.Connection[Any], jobs: int) -> None:

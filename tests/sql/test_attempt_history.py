@@ -8,20 +8,15 @@ from typing import Any
 
 import psycopg
 
+from tests.support.queue import claim_jobs as claim
+from tests.support.queue import enqueue_job
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
 def enqueue(conn: Conn, max_attempts: int = 3) -> uuid.UUID:
-    row = conn.execute(
-        "select enqueue_job('cleanup-storage', p_max_attempts => %s) as id", (max_attempts,)
-    ).fetchone()
-    assert row is not None
-    job_id: uuid.UUID = row["id"]
-    return job_id
-
-
-def claim(conn: Conn, worker: str) -> None:
-    conn.execute("select * from claim_jobs(%s, 1)", (worker,))
+    """A cleanup-storage job: one with no generation behind it."""
+    return enqueue_job(conn, "cleanup-storage", max_attempts=max_attempts)
 
 
 def history(conn: Conn, job_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -17,9 +17,9 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.conftest import signed_in
+from tests.support.generations import SCHNELL
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 FINISH = (
     "select * from finish_generation(%s, 'u/x.webp', 'https://cdn.test/x.webp', 10, 8, 8,"
     " 'webp', %s, 'w')"

@@ -13,9 +13,9 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.conftest import make_user
+from tests.support.generations import SCHNELL
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 FIGURES = {
     "prediction_id": "pred-1",
     "status": "succeeded",

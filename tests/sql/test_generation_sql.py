@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import make_user, signed_in
 from tests.support.generations import SCHNELL, exact, finish, start
+from tests.support.queue import claim_jobs
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -46,9 +47,10 @@ def job(conn: Conn, job_id: uuid.UUID) -> dict[str, Any]:
 
 
 def claim(conn: Conn, worker: str, job_type: str = "generate-image") -> dict[str, Any]:
-    row = conn.execute("select * from claim_jobs(%s, 1, array[%s])", (worker, job_type)).fetchone()
-    assert row is not None
-    return row
+    """claim_jobs of one `job_type` job, asserted to be there."""
+    rows = claim_jobs(conn, worker, job_types=[job_type])
+    assert rows
+    return rows[0]
 
 
 def counts(conn: Conn) -> tuple[int, int, int]:

@@ -10,20 +10,9 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user, signed_in
+from tests.support.generations import SCHNELL, start_generation
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
-
-
-def start(conn: Conn, user_id: uuid.UUID) -> uuid.UUID:
-    row = conn.execute(
-        "select generation_id from start_generation(p_user_id => %s, p_prompt => 'a lighthouse',"
-        " p_model_id => %s)",
-        (user_id, SCHNELL),
-    ).fetchone()
-    assert row is not None
-    generation_id: uuid.UUID = row["generation_id"]
-    return generation_id
 
 
 def status(conn: Conn, generation_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, Any]:
@@ -36,8 +25,8 @@ def status(conn: Conn, generation_id: uuid.UUID, user_id: uuid.UUID) -> dict[str
 
 def test_position_follows_the_claim_order_across_users(conn: Conn) -> None:
     alice, bob = make_user(conn), make_user(conn)
-    alice_jobs = [start(conn, alice) for _ in range(3)]
-    bobs = start(conn, bob)
+    alice_jobs = [start_generation(conn, alice, SCHNELL) for _ in range(3)]
+    bobs = start_generation(conn, bob, SCHNELL)
 
     # Fair turns: bob's first job runs in the first round, before alice's second.
     assert status(conn, alice_jobs[0], alice)["position"] == 1
@@ -47,8 +36,8 @@ def test_position_follows_the_claim_order_across_users(conn: Conn) -> None:
 
 def test_jobs_that_wait_count_ahead_only_once_they_are_due(conn: Conn) -> None:
     alice, bob = make_user(conn), make_user(conn)
-    waiting, woken = start(conn, alice), start(conn, alice)
-    bobs = start(conn, bob)
+    waiting, woken = start_generation(conn, alice, SCHNELL), start_generation(conn, alice, SCHNELL)
+    bobs = start_generation(conn, bob, SCHNELL)
     # Alice's two were handed back a minute after they were enqueued (sql/0160): one
     # waits on its webhook, the other's has come (it is due again and keeps its turn).
     for generation, until in ((waiting, "now() + interval '10 minutes'"), (woken, "now()")):
@@ -65,7 +54,7 @@ def test_jobs_that_wait_count_ahead_only_once_they_are_due(conn: Conn) -> None:
 
 def test_an_empty_history_falls_back_to_the_models_estimate(conn: Conn) -> None:
     user = make_user(conn)
-    generation_id = start(conn, user)
+    generation_id = start_generation(conn, user, SCHNELL)
     estimate = conn.execute(
         "select estimated_time_seconds as s from models where replicate_id = %s", (SCHNELL,)
     ).fetchone()
@@ -79,7 +68,7 @@ def test_an_empty_history_falls_back_to_the_models_estimate(conn: Conn) -> None:
 
 def test_recent_durations_of_the_model_give_the_estimate(conn: Conn) -> None:
     user = make_user(conn)
-    done = [start(conn, user) for _ in range(3)]
+    done = [start_generation(conn, user, SCHNELL) for _ in range(3)]
     for seconds, generation_id in zip((4, 6, 20), done, strict=True):
         conn.execute(
             "update image_generations set status = 'completed', completed_at = now(),"
@@ -91,7 +80,7 @@ def test_recent_durations_of_the_model_give_the_estimate(conn: Conn) -> None:
             " where payload ->> 'generation_id' = %s",
             (str(generation_id),),
         )
-    waiting = start(conn, user)
+    waiting = start_generation(conn, user, SCHNELL)
 
     answer = status(conn, waiting, user)
 
@@ -105,7 +94,7 @@ def test_recent_durations_of_the_model_give_the_estimate(conn: Conn) -> None:
 
 def test_another_users_generation_is_refused(conn: Conn) -> None:
     owner, other = make_user(conn), make_user(conn)
-    generation_id = start(conn, owner)
+    generation_id = start_generation(conn, owner, SCHNELL)
 
     with pytest.raises(psycopg.Error):
         status(conn, generation_id, other)
@@ -114,7 +103,7 @@ def test_another_users_generation_is_refused(conn: Conn) -> None:
 def test_the_count_of_jobs_ahead_stops_at_its_bound(conn: Conn) -> None:
     """sql/0151: past `queue_position_limit` jobs ahead the position is a lower bound."""
     alice, bob = make_user(conn), make_user(conn)
-    jobs = [start(conn, alice) for _ in range(4)]
+    jobs = [start_generation(conn, alice, SCHNELL) for _ in range(4)]
     conn.execute("insert into imagegen.settings (key, value) values ('queue_position_limit', '2')")
 
     assert [status(conn, job, alice)["position"] for job in jobs] == [1, 2, 3, 3]
@@ -125,5 +114,5 @@ def test_the_count_of_jobs_ahead_stops_at_its_bound(conn: Conn) -> None:
         False,
     ]
     # Bob's first job is in the first round: exact, whatever the queue behind it.
-    answer = status(conn, start(conn, bob), bob)
+    answer = status(conn, start_generation(conn, bob, SCHNELL), bob)
     assert (answer["position"], answer["position_exact"]) == (2, True)

@@ -14,10 +14,10 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tests.conftest import make_user
+from tests.support.generations import SCHNELL
 
 Conn = psycopg.Connection[dict[str, Any]]
 
-SCHNELL = "black-forest-labs/flux-schnell"
 REQUEST = {"prompt": "a lighthouse", "model_id": SCHNELL, "width": 1024, "height": 1024}
 BATCH = {
     "prompts": [{"text": "a fox"}, {"text": "a hare"}],

@@ -12,9 +12,10 @@ import psycopg
 import pytest
 
 from tests.conftest import make_user
+from tests.support.generations import start
+from tests.support.queue import claim_jobs
 
 Conn = psycopg.Connection[dict[str, Any]]
-SCHNELL = "black-forest-labs/flux-schnell"
 
 
 def snapshot(conn: Conn) -> dict[str, Any]:
@@ -24,21 +25,15 @@ def snapshot(conn: Conn) -> dict[str, Any]:
     return answer
 
 
-def start(conn: Conn, user_id: uuid.UUID) -> uuid.UUID:
-    row = conn.execute(
-        "select job_id from start_generation(p_user_id => %s, p_prompt => 'a lighthouse',"
-        " p_model_id => %s)",
-        (user_id, SCHNELL),
-    ).fetchone()
-    assert row is not None
-    job_id: uuid.UUID = row["job_id"]
+def start_job(conn: Conn, user_id: uuid.UUID) -> uuid.UUID:
+    """start(), its job's id: the monitor counts jobs."""
+    job_id: uuid.UUID = start(conn, user_id)["job_id"]
     return job_id
 
 
 def claim(conn: Conn, worker: str, count: int = 1) -> list[uuid.UUID]:
-    rows = conn.execute(
-        "select id from claim_jobs(%s, %s, array['generate-image'])", (worker, count)
-    ).fetchall()
+    """claim_jobs of generate-image jobs only; their ids."""
+    rows = claim_jobs(conn, worker, limit=count, job_types=["generate-image"])
     return [row["id"] for row in rows]
 
 
@@ -57,7 +52,7 @@ def test_an_empty_database_gives_zeros_and_a_full_window(conn: Conn) -> None:
 def test_queue_now_and_the_last_sample_of_the_hour_agree(conn: Conn) -> None:
     user = make_user(conn)
     for _ in range(5):
-        start(conn, user)
+        start_job(conn, user)
     claim(conn, "worker-a", 2)
 
     s = snapshot(conn)
@@ -78,7 +73,7 @@ def test_queue_now_and_the_last_sample_of_the_hour_agree(conn: Conn) -> None:
 
 def test_the_hour_is_rebuilt_from_the_rows_and_their_attempts(conn: Conn) -> None:
     user = make_user(conn)
-    waited, ran, retried = (start(conn, user) for _ in range(3))
+    waited, ran, retried = (start_job(conn, user) for _ in range(3))
     claim(conn, "worker-a", 3)
     conn.execute("select complete_job(%s, p_worker_id => 'worker-a')", (ran,))
     conn.execute("select fail_job(%s, 'worker-a', 'provider timed out')", (retried,))
@@ -116,7 +111,7 @@ def test_the_hour_is_rebuilt_from_the_rows_and_their_attempts(conn: Conn) -> Non
 
 def test_failures_rate_and_latest_messages(conn: Conn) -> None:
     user = make_user(conn)
-    jobs = [start(conn, user) for _ in range(4)]
+    jobs = [start_job(conn, user) for _ in range(4)]
     claim(conn, "worker-a", 4)
     conn.execute("select complete_job(%s, p_worker_id => 'worker-a')", (jobs[0],))
     for job, message in zip(jobs[1:3], ("model exploded", "NSFW content detected"), strict=True):
@@ -168,7 +163,7 @@ def test_workers_alive_dead_and_unregistered_with_what_they_hold(
 ) -> None:
     user = make_user(conn)
     for _ in range(3):
-        start(conn, user)
+        start_job(conn, user)
     with psycopg.connect(database_url, autocommit=True) as session:
         session.execute("select register_worker('worker-live')")
         claim(conn, "worker-live", 2)

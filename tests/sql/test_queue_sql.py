@@ -11,31 +11,10 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.support.queue import claim_jobs as claim
+from tests.support.queue import enqueue_job as enqueue
+
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-def enqueue(conn: Conn, job_type: str = "generate-image", **kwargs: Any) -> uuid.UUID:
-    names = ", ".join(f"p_{name} => %({name})s" for name in kwargs)
-    sql = f"select enqueue_job(%(job_type)s{', ' + names if names else ''}) as id"
-    params = {
-        name: Jsonb(value) if isinstance(value, dict) else value for name, value in kwargs.items()
-    }
-    row = conn.execute(sql, {"job_type": job_type, **params}).fetchone()
-    assert row is not None
-    job_id: uuid.UUID = row["id"]
-    return job_id
-
-
-def claim(
-    conn: Conn,
-    worker: str,
-    limit: int = 1,
-    job_types: list[str] | None = None,
-    lease_seconds: int = 300,
-) -> list[dict[str, Any]]:
-    return conn.execute(
-        "select * from claim_jobs(%s, %s, %s, %s)", (worker, limit, job_types, lease_seconds)
-    ).fetchall()
 
 
 def job(conn: Conn, job_id: uuid.UUID) -> dict[str, Any]:

@@ -10,10 +10,9 @@ import psycopg
 import pytest
 
 from tests.conftest import as_role, make_user
+from tests.support.generations import SCHNELL, start
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-SCHNELL = "black-forest-labs/flux-schnell"
 
 # What a signed-in user may call; everything else in public is service_role's.
 # The apps call these themselves (docs/CLIENTS.md §2 flows 2-4); generation_status is new (sql/0082).
@@ -24,14 +23,6 @@ def denied(conn: Conn, sql: str, params: Any = None) -> None:
     """`sql` fails with permission denied, inside a savepoint so the test goes on."""
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute(sql, params)
-
-
-def start(conn: Conn, user_id: uuid.UUID) -> dict[str, Any]:
-    row = conn.execute(
-        "select * from start_generation(%s, 'private prompt', %s)", (user_id, SCHNELL)
-    ).fetchone()
-    assert row is not None
-    return row
 
 
 class World:
