@@ -32,14 +32,20 @@ MODEL = "flux-schnell"
 
 # The count of the jobs ahead in imagegen.generation_status, for EXPLAIN: bounded as
 # sql/0151 counts them ({limit}), and unbounded as sql/0082 did (for comparison).
+# As sql/0160 counts: the ready jobs ahead, then the deferred ones that are due.
 AHEAD = """
 select count(*) from (
     select from job_queue
-    where status = 'pending' and scheduled_at <= now() and priority > %(priority)s
+    where status = 'pending' and scheduled_at <= created_at and priority > %(priority)s
     union all
     select from job_queue
-    where status = 'pending' and scheduled_at <= now() and priority = %(priority)s
+    where status = 'pending' and scheduled_at <= created_at and priority = %(priority)s
       and (turn, created_at) < (%(turn)s, %(created_at)s)
+    union all
+    select from job_queue
+    where status = 'pending' and scheduled_at > created_at and scheduled_at <= now()
+      and (priority > %(priority)s
+           or (priority = %(priority)s and (turn, created_at) < (%(turn)s, %(created_at)s)))
     {limit}
 ) ahead
 """
