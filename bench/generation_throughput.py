@@ -305,7 +305,9 @@ def hold_trial(
         "create_s": created_s,
         "created": created,
         "created_per_s": created / created_s,
-        "create_cpu_ms_per_generation": create_cpu["worker_cpu_pct"] * 10 * created_s / created,
+        "create_cpu_ms_per_generation": (
+            create_cpu["worker_cpu_pct"] * 10 * created_s / created if created else None
+        ),
         "hold_window_s": plan.hold_window_seconds,
         "worker_cpu_pct": hold_cpu["worker_cpu_pct"],
         "rss_while_held_mb": rss_held,
