@@ -397,6 +397,10 @@ CREATE FUNCTION imagegen.count_batch_items() RETURNS trigger
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
+    if not exists (select from new_rows n join old_rows o on o.id = n.id
+                   where n.batch_id is not null and n.status is distinct from o.status) then
+        return null;
+    end if;
     -- The new counts are written in terms of the row being updated (b), never of a value
     -- read before: when two finishes meet, the second re-reads the row the first wrote.
     with changes as (
