@@ -133,8 +133,8 @@ class Database:
     async def listen(self, channel: str, wake: Callable[[], None]) -> None:
         await self.gateway.listen(channel, wake)
 
-    async def hold_session(self, worker_id: str) -> None:
-        await self.gateway.hold_session(worker_id)
+    async def hold_session(self, worker_id: str, registered: asyncio.Event) -> None:
+        await self.gateway.hold_session(worker_id, registered)
 
     async def ping(self) -> bool:
         return await self.gateway.ping()

@@ -8,6 +8,7 @@ Everything above this (worker.database) is the same for both.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -65,11 +66,12 @@ class Gateway(Protocol):
         needed. Gateways that cannot listen return at once (the runner then polls)."""
         ...
 
-    async def hold_session(self, worker_id: str) -> None:
+    async def hold_session(self, worker_id: str, registered: asyncio.Event) -> None:
         """Hold the worker's liveness lock (`register_worker`, sql/0040) on a session of
         its own until cancelled, registering again after a reconnect, so that other
-        workers take its jobs over as soon as it dies. Gateways without sessions return
-        at once (the lease alone then tells a dead worker)."""
+        workers take its jobs over as soon as it dies. Sets `registered` once the first
+        attempt is answered (or at once, for gateways without sessions: they return, and
+        the lease alone then tells a dead worker)."""
         ...
 
     async def ping(self) -> bool:

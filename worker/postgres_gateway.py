@@ -112,10 +112,11 @@ class PostgresGateway:
 
         await self._reconnecting("listen connection lost", session)
 
-    async def hold_session(self, worker_id: str) -> None:
+    async def hold_session(self, worker_id: str, registered: asyncio.Event) -> None:
         async def session(conn: Connection, established: Callable[[], None]) -> float:
             cursor = await conn.execute("select public.register_worker(%s)", (worker_id,))
             row = await cursor.fetchone()
+            registered.set()
             if row and row[0]:
                 log.info("worker registered", worker_id=worker_id)
                 established()

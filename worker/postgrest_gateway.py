@@ -103,9 +103,9 @@ class PostgrestGateway:
         """PostgREST cannot LISTEN: return at once and let the runner poll."""
         return None
 
-    async def hold_session(self, worker_id: str) -> None:
+    async def hold_session(self, worker_id: str, registered: asyncio.Event) -> None:
         """PostgREST has no session that outlives a call: the lease alone tells."""
-        return None
+        registered.set()
 
     async def ping(self) -> bool:
         try:

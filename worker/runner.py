@@ -28,6 +28,8 @@ from worker.gateway import DatabaseError, GatewayUnavailable
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Job, Any], Awaitable[None]]
+# How long the loop waits for the worker's session to be registered before it claims.
+REGISTER_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Runner:
         self.running: dict[uuid.UUID, asyncio.Task[bool]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._session_registered = asyncio.Event()
         self.alive = False
         self.stopped = asyncio.Event()  # set when run() has returned
 
@@ -158,6 +161,7 @@ class Runner:
             )
         log.info("runner started", worker_id=self.worker_id, concurrency=self.concurrency)
         try:
+            await self._registered()
             while not self.stopping:
                 self._wakeup.clear()
                 try:
@@ -175,6 +179,14 @@ class Runner:
             self.alive = False
             self.stopped.set()
             log.info("runner stopped", worker_id=self.worker_id)
+
+    async def _registered(self) -> None:
+        """Claim nothing before this worker's session is registered: a worker killed
+        between its first claim and its registration would leave its jobs to the lease,
+        minutes instead of seconds. Bounded: with the database slow to answer, the lease
+        still covers the jobs."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._session_registered.wait(), REGISTER_WAIT_SECONDS)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -299,7 +311,9 @@ class Runner:
     async def _liveness_loop(self) -> None:
         """Hold this worker's session lock; every `liveness_interval` free the jobs of
         workers whose session ended (kill -9) and claim them at once."""
-        hold = asyncio.create_task(self.db.hold_session(self.worker_id), name="session")
+        hold = asyncio.create_task(
+            self.db.hold_session(self.worker_id, self._session_registered), name="session"
+        )
         try:
             while True:
                 await asyncio.sleep(self.liveness_interval)

@@ -122,8 +122,9 @@ async def test_the_session_methods(gateway: Gateway) -> None:
     assert await gateway.ping() is True
     woken = asyncio.Event()
     listening = asyncio.create_task(gateway.listen("job_queue", woken.set))
-    holding = asyncio.create_task(gateway.hold_session("w-contract"))
-    await asyncio.sleep(0)
+    registered = asyncio.Event()
+    holding = asyncio.create_task(gateway.hold_session("w-contract", registered))
+    await asyncio.wait_for(registered.wait(), timeout=10)  # the runner claims after this
     if isinstance(gateway, PostgrestGateway):
         # No session outlives a call: both return at once (the runner then polls and
         # leases alone tell a dead worker).

@@ -44,8 +44,11 @@ from tests.support.served import serve as served_stack
 from tests.support.stack import Stack, run_stack
 from tests.support.torture import TortureReport, scale
 from tests.support.workers import simulator_predictions, spawn_worker, wait_for
+from worker.database import Database, Job
 from worker.migrate import migrate
+from worker.postgres_gateway import PostgresGateway
 from worker.replicate import OutputPolicy, OutputRefused, ReplicateClient
+from worker.runner import Runner
 from worker.settings import Settings
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -471,6 +474,44 @@ def test_a_dead_workers_session_frees_its_jobs_and_a_live_ones_does_not(
     finally:
         alive.close()
         doomed.close()
+
+
+async def test_a_worker_claims_only_once_its_session_is_registered(
+    conn: Conn, database_url: str
+) -> None:
+    """Killed between its first claim and its registration, a worker would leave its jobs
+    to the lease (minutes): the runner claims once its liveness session is registered."""
+
+    class SlowToRegister(Database):
+        async def hold_session(self, worker_id: str, registered: asyncio.Event) -> None:
+            await asyncio.sleep(1.0)
+            await super().hold_session(worker_id, registered)
+
+    seen: list[bool] = []
+
+    async def handler(_job: Job, _context: Any) -> None:
+        row = conn.execute(
+            "select exists (select from imagegen.worker_sessions where worker_id = 'w-slow')"
+        ).fetchone()
+        seen.append(bool(row and row["exists"]))
+
+    conn.execute("select enqueue_job('test-job', '{}')")
+    gateway = PostgresGateway(database_url, max_size=2)
+    await gateway.open()
+    runner = Runner(
+        SlowToRegister(gateway), {"test-job": handler}, None, worker_id="w-slow", listen=False
+    )
+    running = asyncio.create_task(runner.run())
+    try:
+        deadline = time.monotonic() + 10
+        while not seen:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        runner.stop()
+        await running
+        await gateway.close()
+    assert seen == [True]
 
 
 @pytest.mark.torture
