@@ -161,7 +161,11 @@ class Runner:
             )
         log.info("runner started", worker_id=self.worker_id, concurrency=self.concurrency)
         try:
-            await self._registered()
+            # Claim nothing before this worker's session is registered: a worker killed
+            # between its first claim and its registration would leave its jobs to the
+            # lease, minutes instead of seconds. Bounded: with the database slow to
+            # answer, the lease still covers the jobs.
+            await _wait(self._session_registered, REGISTER_WAIT_SECONDS)
             while not self.stopping:
                 self._wakeup.clear()
                 try:
@@ -180,17 +184,8 @@ class Runner:
             self.stopped.set()
             log.info("runner stopped", worker_id=self.worker_id)
 
-    async def _registered(self) -> None:
-        """Claim nothing before this worker's session is registered: a worker killed
-        between its first claim and its registration would leave its jobs to the lease,
-        minutes instead of seconds. Bounded: with the database slow to answer, the lease
-        still covers the jobs."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._session_registered.wait(), REGISTER_WAIT_SECONDS)
-
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
+        await _wait(self._wakeup, seconds)
 
     async def _claim(self) -> list[Job]:
         free = self.concurrency - len(self.running)
@@ -349,6 +344,12 @@ class Runner:
             log.info("handed jobs back to the queue", released=released)
         except (GatewayUnavailable, DatabaseError) as exc:
             log.error("could not release jobs; their leases will expire", error=str(exc))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set, or `seconds` have passed."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)
 
 
 class UnknownJobType(PermanentJobError):
