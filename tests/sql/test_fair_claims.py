@@ -10,6 +10,7 @@ import psycopg
 
 from tests.conftest import make_user
 from tests.support.old_picture import build_old_picture
+from tests.support.queue import defer
 from worker.migrate import migrate
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -116,16 +117,6 @@ def test_a_retried_job_keeps_its_turn(conn: Conn) -> None:
     assert retried == {"id": first["id"], "turn": 0}
 
 
-def defer(conn: Conn, owner: uuid.UUID, until: str) -> None:
-    """The owner's pending jobs handed back to wait (a snooze, a retry's backoff) until
-    `until` (an SQL expression); they were enqueued a minute ago."""
-    conn.execute(
-        "update job_queue set created_at = now() - interval '1 minute',"
-        f" scheduled_at = {until} where created_by = %s and status = 'pending'",
-        (owner,),
-    )
-
-
 def rows_read(conn: Conn) -> int:
     """Rows of job_queue this backend has read by index or scan, not yet reported."""
     row = conn.execute(
@@ -139,9 +130,9 @@ def test_due_jobs_are_claimed_in_one_order_whether_ready_or_deferred(conn: Conn)
     alice, bob, carol = make_user(conn), make_user(conn), make_user(conn)
     enqueue_many(conn, alice, 1)
     enqueue_many(conn, bob, 2)
-    defer(conn, alice, "now() - interval '1 second'")  # woken: due again, turn 0
+    defer(conn, "now() - interval '1 second'", owner=alice)  # woken: due again, turn 0
     enqueue_many(conn, carol, 1, priority=1)
-    defer(conn, carol, "now() - interval '1 second'")  # a download job, due
+    defer(conn, "now() - interval '1 second'", owner=carol)  # a download job, due
 
     assert claim_owners(conn, 4) == [carol, alice, bob, bob]
 
@@ -151,7 +142,7 @@ def test_a_claim_does_not_read_the_jobs_that_wait(conn: Conn) -> None:
     claim reaches it without reading them (it read every one before sql/0160)."""
     alice, bob = make_user(conn), make_user(conn)
     enqueue_many(conn, alice, 2000)
-    defer(conn, alice, "now() + interval '10 minutes'")
+    defer(conn, "now() + interval '10 minutes'", owner=alice)
     enqueue_many(conn, bob, 1)
     conn.execute("analyze job_queue")  # as autovacuum would have by now
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import make_user, signed_in
 from tests.support.generations import SCHNELL, start_generation
+from tests.support.queue import defer
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -40,12 +41,8 @@ def test_jobs_that_wait_count_ahead_only_once_they_are_due(conn: Conn) -> None:
     bobs = start_generation(conn, bob, SCHNELL)
     # Alice's two were handed back a minute after they were enqueued (sql/0160): one
     # waits on its webhook, the other's has come (it is due again and keeps its turn).
-    for generation, until in ((waiting, "now() + interval '10 minutes'"), (woken, "now()")):
-        conn.execute(
-            "update job_queue set created_at = now() - interval '1 minute',"
-            f" scheduled_at = {until} where payload ->> 'generation_id' = %s",
-            (str(generation),),
-        )
+    defer(conn, "now() + interval '10 minutes'", generation_id=waiting)
+    defer(conn, "now()", generation_id=woken)
 
     # Alice's turn-0 job waits: Bob's turn 0 is first; her turn 1, due, is next.
     assert status(conn, bobs, bob)["position"] == 1

@@ -29,3 +29,21 @@ def claim_jobs(conn: Conn, worker_id: str, **kwargs: Any) -> list[dict[str, Any]
     arguments = {"worker_id": worker_id} | kwargs
     names = ", ".join(f"p_{name} => %({name})s" for name in arguments)
     return conn.execute(f"select * from claim_jobs({names})", arguments).fetchall()
+
+
+def defer(
+    conn: Conn,
+    until: str,
+    *,
+    owner: uuid.UUID | None = None,
+    generation_id: uuid.UUID | None = None,
+) -> None:
+    """The pending jobs of `owner` (or of one generation) handed back to wait until `until`
+    (an SQL expression), as a snooze or a retry's backoff leaves them: deferred jobs
+    (sql/0160), enqueued a minute ago."""
+    conn.execute(
+        "update job_queue set created_at = now() - interval '1 minute',"
+        f" scheduled_at = {until} where status = 'pending'"
+        " and (created_by = %(owner)s::uuid or payload ->> 'generation_id' = %(generation)s)",
+        {"owner": owner, "generation": str(generation_id) if generation_id else None},
+    )
